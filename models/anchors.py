@@ -1,0 +1,136 @@
+"""Anchors (SSD prior boxes, RetinaNet anchors) and the box coder.
+
+One module used by training (target assignment), export (constants in the graph) and the
+runtime's raw-head mode, so every stage decodes boxes the same way. Boxes are in pixels of the
+network input, xyxy; anchors are generated level by level, location-major then anchor-minor,
+which is the order in which the heads flatten their outputs.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SSDPriorConfig:
+    """SSD prior boxes per level: sizes are fractions of the input side.
+
+    Each location gets a square of `min_size`, a square of sqrt(min_size * max_size) and, for
+    every ratio r, the pair (min_size * sqrt(r), min_size / sqrt(r)) in both orientations:
+    2 + 2 * len(ratios) anchors.
+    """
+
+    min_sizes: tuple[float, ...]
+    max_sizes: tuple[float, ...]
+    ratios: tuple[tuple[float, ...], ...]
+
+    def anchors_per_location(self) -> list[int]:
+        return [2 + 2 * len(r) for r in self.ratios]
+
+
+def ssdlite_priors() -> SSDPriorConfig:
+    """MMDetection's SSDLite priors (defined at 320 px: min 48..304, max 100..320), as fractions."""
+    base = 320.0
+    return SSDPriorConfig(
+        min_sizes=tuple(s / base for s in (48, 100, 150, 202, 253, 304)),
+        max_sizes=tuple(s / base for s in (100, 150, 202, 253, 304, 320)),
+        ratios=((2, 3),) * 6,
+    )
+
+
+def ssd512_priors() -> SSDPriorConfig:
+    """MMDetection's SSD512 priors: base size ratio range (0.1, 0.9) over 7 levels."""
+    min_ratio, max_ratio, levels = 10, 90, 7
+    step = (max_ratio - min_ratio) // (levels - 2)
+    mins = [r / 100 for r in range(min_ratio, max_ratio + 1, step)]
+    maxs = [(r + step) / 100 for r in range(min_ratio, max_ratio + 1, step)]
+    return SSDPriorConfig(
+        min_sizes=tuple([0.04] + mins),
+        max_sizes=tuple([0.10] + maxs),
+        ratios=((2,), (2, 3), (2, 3), (2, 3), (2, 3), (2,), (2,)),
+    )
+
+
+def _grid_centers(feature_hw: tuple[int, int], image_hw: tuple[int, int]) -> torch.Tensor:
+    """(H*W, 2) xy centres of the cells of a feature map laid over the image, row-major."""
+    fh, fw = feature_hw
+    ih, iw = image_hw
+    ys = (torch.arange(fh, dtype=torch.float64) + 0.5) * ih / fh
+    xs = (torch.arange(fw, dtype=torch.float64) + 0.5) * iw / fw
+    cy, cx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([cx.reshape(-1), cy.reshape(-1)], dim=1)
+
+
+def _place(centers: torch.Tensor, wh: torch.Tensor) -> torch.Tensor:
+    """Anchors (H*W*A, 4) xyxy from centres (H*W, 2) and sizes (A, 2)."""
+    c = centers[:, None, :]
+    half = wh[None, :, :] / 2
+    return torch.cat([c - half, c + half], dim=2).reshape(-1, 4)
+
+
+def ssd_priors(config: SSDPriorConfig, feature_hws: list[tuple[int, int]],
+               image_hw: tuple[int, int]) -> torch.Tensor:
+    """All SSD priors (sum_l H_l*W_l*A_l, 4), xyxy pixels, not clipped (as in MMDetection)."""
+    if len(feature_hws) != len(config.min_sizes):
+        raise ValueError(f"{len(feature_hws)} feature maps for {len(config.min_sizes)} prior levels")
+    side = min(image_hw)
+    out = []
+    for hw, smin, smax, ratios in zip(feature_hws, config.min_sizes, config.max_sizes, config.ratios):
+        lo, big = smin * side, math.sqrt(smin * smax) * side
+        sizes = [(lo, lo), (big, big)]
+        for r in ratios:
+            q = math.sqrt(r)
+            sizes += [(lo * q, lo / q), (lo / q, lo * q)]
+        out.append(_place(_grid_centers(hw, image_hw), torch.tensor(sizes, dtype=torch.float64)))
+    return torch.cat(out).float()
+
+
+def retinanet_anchors(feature_hws: list[tuple[int, int]], image_hw: tuple[int, int],
+                      strides: tuple[int, ...] = (8, 16, 32, 64, 128), octave_base_scale: float = 4,
+                      scales_per_octave: int = 3, ratios: tuple[float, ...] = (0.5, 1.0, 2.0)) -> torch.Tensor:
+    """RetinaNet anchors (Lin et al. 2017, MMDetection defaults): 3 scales x 3 ratios per cell."""
+    out = []
+    for hw, stride in zip(feature_hws, strides):
+        sizes = []
+        for r in ratios:
+            for i in range(scales_per_octave):
+                base = stride * octave_base_scale * 2 ** (i / scales_per_octave)
+                sizes.append((base / math.sqrt(r), base * math.sqrt(r)))  # (w, h), h/w = r
+        out.append(_place(_grid_centers(hw, image_hw), torch.tensor(sizes, dtype=torch.float64)))
+    return torch.cat(out).float()
+
+
+@dataclass(frozen=True)
+class BoxCoder:
+    """SSD/Faster R-CNN delta coding of xyxy boxes against anchors, with variances.
+
+    deltas = ((cx - acx) / aw / v0, (cy - acy) / ah / v1, log(w / aw) / v2, log(h / ah) / v3).
+    """
+
+    variances: tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2)
+    max_log_ratio: float = math.log(1000.0 / 16)
+
+    def encode(self, boxes: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+        v = boxes.new_tensor(self.variances)
+        acx, acy, aw, ah = _center_size(anchors)
+        cx, cy, w, h = _center_size(boxes)
+        return torch.stack([(cx - acx) / aw, (cy - acy) / ah,
+                            torch.log(w / aw), torch.log(h / ah)], dim=-1) / v
+
+    def decode(self, deltas: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+        v = deltas.new_tensor(self.variances)
+        d = deltas * v
+        acx, acy, aw, ah = _center_size(anchors)
+        cx = acx + d[..., 0] * aw
+        cy = acy + d[..., 1] * ah
+        w = aw * torch.exp(d[..., 2].clamp(max=self.max_log_ratio))
+        h = ah * torch.exp(d[..., 3].clamp(max=self.max_log_ratio))
+        return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
+
+
+def _center_size(boxes: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    w = boxes[..., 2] - boxes[..., 0]
+    h = boxes[..., 3] - boxes[..., 1]
+    return boxes[..., 0] + w / 2, boxes[..., 1] + h / 2, w, h
