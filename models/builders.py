@@ -90,3 +90,36 @@ def build_model(config: ModelConfig) -> BABODetector:
     return BABODetector(build_detector(config), omg, omg_size=config.omg_size if config.omg else None,
                         argmax=config.argmax, beta=config.beta, mean=config.mean, std=config.std,
                         postprocess=config.postprocess)
+
+
+# --- heavy detectors of the paper's Table 5 (MMDetection 2.x configs) ----------------------
+
+from models.anchors import retinanet_anchors, ssd512_priors  # noqa: E402
+from models.retinanet import FPN, ResNet, RetinaHead  # noqa: E402
+from models.vgg_ssd import SSD512_CHANNELS, SSD512_EXTRA_LEVELS, SSDNeck, SSDVGG16  # noqa: E402
+
+
+def vgg16_ssd512(config: ModelConfig) -> SingleShotDetector:
+    """MMDetection's ssd512_coco: VGG16 + L2Norm + five extra levels, plain 3x3 SSD heads,
+    softmax over classes + background. Meant for 512x512 inputs (feature maps 64..1); the
+    width multiplier does not apply. MMDetection normalises with std (1, 1, 1) for this model."""
+    priors = ssd512_priors()
+    head = SSDHead(SSD512_CHANNELS, priors.anchors_per_location(), config.num_classes + 1,
+                   depthwise=False)
+    return SingleShotDetector(SSDVGG16(), SSDNeck(1024, SSD512_EXTRA_LEVELS), head,
+                              partial(ssd_priors, priors), BoxCoder((0.1, 0.1, 0.2, 0.2)),
+                              "softmax", config.num_classes)
+
+
+def retinanet_r101(config: ModelConfig) -> SingleShotDetector:
+    """MMDetection's retinanet_r101_fpn_1x_coco: ResNet-101, FPN P3-P7, RetinaHead with 9
+    anchors per location, sigmoid scores, unit box-coder stds. The paper's size is
+    800x1216 (H, W); the width multiplier does not apply."""
+    backbone = ResNet()
+    return SingleShotDetector(backbone, FPN(tuple(backbone.out_channels)), RetinaHead(config.num_classes),
+                              retinanet_anchors, BoxCoder((1.0, 1.0, 1.0, 1.0)), "sigmoid",
+                              config.num_classes)
+
+
+DETECTORS["vgg16-ssd512"] = vgg16_ssd512
+DETECTORS["retinanet-r101"] = retinanet_r101

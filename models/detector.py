@@ -93,8 +93,11 @@ class BABODetector(nn.Module):
         logits = self.omg(omg_in, output_size=size)
         return binarize(logits, self.argmax, self.beta, self.training), logits
 
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.mean) / self.std
+
     def forward(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> BABOOutput:
-        x = (images - self.mean) / self.std
+        x = self.normalize(images)
         omg_logits = None
         if mask is None and self.omg is not None:
             mask, omg_logits = self.objectness_mask(x)

@@ -11,6 +11,7 @@ image then score.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -56,28 +57,37 @@ class _NonMaxSuppression(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, boxes, scores, max_per_class: int, iou_threshold: float, score_threshold: float):
-        selected = []
-        for b in range(scores.shape[0]):
-            for c in range(scores.shape[1]):
-                s = scores[b, c]
-                candidates = torch.nonzero(s > score_threshold).flatten()
-                order = candidates[torch.argsort(s[candidates], descending=True, stable=True)]
-                iou = box_iou(boxes[b, order], boxes[b, order])
-                keep: list[int] = []
-                for i in range(order.numel()):
-                    if len(keep) == max_per_class:
-                        break
-                    if not keep or bool((iou[i, keep] <= iou_threshold).all()):
-                        keep.append(i)
-                for i in keep:
-                    selected.append((b, c, int(order[i])))
-        return torch.tensor(selected, dtype=torch.int64).reshape(-1, 3)
+        # While exporting, this eager body only produces an example output: the graph gets the
+        # symbolic below, so the tracer's data-dependence warnings do not apply.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            return _greedy_nms(boxes, scores, max_per_class, iou_threshold, score_threshold)
 
     @staticmethod
     def symbolic(g, boxes, scores, max_per_class, iou_threshold, score_threshold):
         const = lambda v, dtype: g.op("Constant", value_t=torch.tensor([v], dtype=dtype))  # noqa: E731
         return g.op("NonMaxSuppression", boxes, scores, const(max_per_class, torch.int64),
                     const(iou_threshold, torch.float32), const(score_threshold, torch.float32))
+
+
+def _greedy_nms(boxes, scores, max_per_class: int, iou_threshold: float, score_threshold: float):
+    """Eager NonMaxSuppression with the ONNX op's semantics (see _NonMaxSuppression)."""
+    selected = []
+    for b in range(scores.shape[0]):
+        for c in range(scores.shape[1]):
+            s = scores[b, c]
+            candidates = torch.nonzero(s > score_threshold).flatten()
+            order = candidates[torch.argsort(s[candidates], descending=True, stable=True)]
+            iou = box_iou(boxes[b, order], boxes[b, order])
+            keep: list[int] = []
+            for i in range(order.numel()):
+                if len(keep) == max_per_class:
+                    break
+                if not keep or bool((iou[i, keep] <= iou_threshold).all()):
+                    keep.append(i)
+            for i in keep:
+                selected.append((b, c, int(order[i])))
+    return torch.tensor(selected, dtype=torch.int64).reshape(-1, 3)
 
 
 def detect(cls_logits: torch.Tensor, box_deltas: torch.Tensor, anchors: torch.Tensor,

@@ -1,0 +1,99 @@
+"""VGG16-SSD512 as MMDetection 2.x defines it (configs/ssd/ssd512_coco.py), in plain torch.nn.
+
+Backbone = MMDetection's `SSDVGG` (depth 16, ceil-mode pools, no pool after conv5, then
+pool5 3x3/1, dilated fc6 and 1x1 fc7); neck = `SSDNeck` for 512 (L2Norm on conv4_3 and five
+extra levels); the head is `models.ssd.SSDHead` with plain 3x3 predictors.
+
+Layers are named after the VGG paper (block1..block5 holding conv1_1..conv5_3, then fc) so
+that per-block reports read `backbone.block4`, `backbone.fc`, `neck.extra_levels.0`, ...
+State-dict keys therefore differ from MMDetection's `features.N`; loading its checkpoints
+needs a key map.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+# Convs per VGG16 block and their width (Simonyan & Zisserman, configuration D).
+VGG16_BLOCKS = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
+# SSDNeck of ssd512_coco.py: (channels, stride, padding, kernel) of every extra level's 2nd conv.
+SSD512_EXTRA_LEVELS = ((512, 2, 1, 3), (256, 2, 1, 3), (256, 2, 1, 3), (256, 2, 1, 3), (256, 1, 1, 4))
+SSD512_CHANNELS = (512, 1024, *(level[0] for level in SSD512_EXTRA_LEVELS))
+
+
+def _vgg_block(index: int, in_channels: int, out_channels: int, convs: int) -> nn.Sequential:
+    """convK_1..convK_n (3x3, pad 1, bias) + ReLU; blocks after the first start with the
+    previous block's 2x2 ceil-mode max-pool, so a block's output is the tap SSD needs."""
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    if index > 1:
+        layers[f"pool{index - 1}"] = nn.MaxPool2d(2, 2, ceil_mode=True)
+    for i in range(1, convs + 1):
+        layers[f"conv{index}_{i}"] = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        layers[f"relu{index}_{i}"] = nn.ReLU(inplace=True)
+        in_channels = out_channels
+    return nn.Sequential(layers)
+
+
+class SSDVGG16(nn.Module):
+    """VGG16 trunk of SSD: returns conv4_3 (after ReLU, stride 8) and fc7 (stride 16)."""
+
+    def __init__(self):
+        super().__init__()
+        in_channels = 3
+        for index, (convs, width) in enumerate(VGG16_BLOCKS, start=1):
+            setattr(self, f"block{index}", _vgg_block(index, in_channels, width, convs))
+            in_channels = width
+        self.fc = nn.Sequential(OrderedDict(
+            pool5=nn.MaxPool2d(3, 1, padding=1),
+            fc6=nn.Conv2d(512, 1024, 3, padding=6, dilation=6),
+            relu6=nn.ReLU(inplace=True),
+            fc7=nn.Conv2d(1024, 1024, 1),
+            relu7=nn.ReLU(inplace=True),
+        ))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        conv4_3 = self.block4(self.block3(self.block2(self.block1(x))))
+        return [conv4_3, self.fc(self.block5(conv4_3))]
+
+
+class L2Norm(nn.Module):
+    """Channel-wise L2 normalisation with a learnable per-channel scale (SSD, section 3.1 of
+    ParseNet): conv4_3 activations are much larger than the deeper ones."""
+
+    def __init__(self, channels: int, scale: float = 20.0, eps: float = 1e-10):
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((channels,), scale))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        norm = x.pow(2).sum(dim=1, keepdim=True).sqrt() + self.eps
+        return self.weight.view(1, -1, 1, 1) * x / norm
+
+
+class SSDNeck(nn.Module):
+    """L2Norm on the first backbone map, then extra levels on the last one: each level is a
+    1x1 conv to half its channels and a strided conv, both with bias and ReLU, no norm."""
+
+    def __init__(self, in_channels: int, extra_levels: tuple[tuple[int, int, int, int], ...],
+                 l2_norm_channels: int = 512):
+        super().__init__()
+        self.l2_norm = L2Norm(l2_norm_channels)
+        levels = []
+        for out_channels, stride, padding, kernel in extra_levels:
+            half = out_channels // 2
+            levels.append(nn.Sequential(
+                nn.Conv2d(in_channels, half, 1), nn.ReLU(inplace=True),
+                nn.Conv2d(half, out_channels, kernel, stride, padding), nn.ReLU(inplace=True),
+            ))
+            in_channels = out_channels
+        self.extra_levels = nn.ModuleList(levels)
+
+    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        out = [self.l2_norm(features[0]), *features[1:]]
+        x = features[-1]
+        for level in self.extra_levels:
+            x = level(x)
+            out.append(x)
+        return out

@@ -1,0 +1,69 @@
+"""Anchors per level and the box coder."""
+import math
+
+import pytest
+import torch
+
+from models.anchors import BoxCoder, retinanet_anchors, ssd_priors, ssdlite_priors
+from models.builders import ModelConfig, build_model
+
+
+@pytest.mark.parametrize("size, feature_sizes, total", [
+    (512, [32, 16, 8, 4, 2, 1], 6 * (32 ** 2 + 16 ** 2 + 8 ** 2 + 4 ** 2 + 2 ** 2 + 1)),  # 8190
+    (320, [20, 10, 5, 3, 2, 1], 3234),  # MMDetection's SSDLite-320 anchor count
+])
+def test_ssdlite_anchor_count_per_level(size, feature_sizes, total):
+    model = build_model(ModelConfig(num_classes=80, input_size=(size, size), omg=False)).eval()
+    features = model.detector.neck(model.detector.backbone(torch.zeros(1, 3, size, size)))
+    assert [f.shape[-1] for f in features] == feature_sizes
+    assert [f.shape[1] for f in features] == [576, 1280, 512, 256, 256, 128]
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, size, size))
+    assert out.anchors.shape == (total, 4) == (out.cls_logits.shape[1], 4)
+    assert out.cls_logits.shape == (1, total, 81) and out.box_deltas.shape == (1, total, 4)
+
+
+def test_ssdlite_prior_shapes_at_320():
+    """First location of level 0 and of the last level, checked against the SSD definition."""
+    cfg = ssdlite_priors()
+    assert cfg.anchors_per_location() == [6] * 6
+    priors = ssd_priors(cfg, [(20, 20), (10, 10), (5, 5), (3, 3), (2, 2), (1, 1)], (320, 320))
+    first = priors[:6]
+    wh = first[:, 2:] - first[:, :2]
+    centre = (first[:, 2:] + first[:, :2]) / 2
+    assert torch.allclose(centre, torch.tensor([8.0, 8.0]).expand(6, 2))
+    expected = [(48, 48), (math.sqrt(48 * 100),) * 2,
+                (48 * math.sqrt(2), 48 / math.sqrt(2)), (48 / math.sqrt(2), 48 * math.sqrt(2)),
+                (48 * math.sqrt(3), 48 / math.sqrt(3)), (48 / math.sqrt(3), 48 * math.sqrt(3))]
+    assert torch.allclose(wh, torch.tensor(expected, dtype=torch.float32), atol=1e-4)
+    last = priors[-6:]
+    assert torch.allclose((last[:, 2:] + last[:, :2]) / 2, torch.tensor([160.0, 160.0]).expand(6, 2))
+    assert torch.allclose(last[0, 2:] - last[0, :2], torch.tensor([304.0, 304.0]), atol=1e-4)
+    # location-major, anchor-minor: anchor 6 is the second cell (x = 24) of row 0
+    assert torch.allclose((priors[6, 0] + priors[6, 2]) / 2, torch.tensor(24.0))
+
+
+def test_retinanet_anchors_per_cell():
+    anchors = retinanet_anchors([(2, 3)], (16, 24), strides=(8,))
+    assert anchors.shape == (2 * 3 * 9, 4)
+    wh = anchors[:9, 2:] - anchors[:9, :2]
+    areas = (wh[:, 0] * wh[:, 1]).sqrt()
+    base = 8 * 4 * torch.tensor([1, 2 ** (1 / 3), 2 ** (2 / 3)])
+    assert torch.allclose(areas.view(3, 3), base.expand(3, 3), atol=1e-3)  # 3 scales per ratio
+    assert torch.allclose(wh[:3, 1] / wh[:3, 0], torch.tensor(0.5))  # ratio h/w first = 0.5
+
+
+@pytest.mark.parametrize("variances", [(0.1, 0.1, 0.2, 0.2), (1.0, 1.0, 1.0, 1.0)])
+def test_box_coder_round_trip(variances):
+    g = torch.Generator().manual_seed(0)
+    anchors = torch.rand(50, 2, generator=g) * 200
+    anchors = torch.cat([anchors, anchors + 10 + torch.rand(50, 2, generator=g) * 90], dim=1)
+    boxes = torch.rand(50, 2, generator=g) * 200
+    boxes = torch.cat([boxes, boxes + 5 + torch.rand(50, 2, generator=g) * 150], dim=1)
+    coder = BoxCoder(variances)
+    deltas = coder.encode(boxes, anchors)
+    assert torch.allclose(coder.decode(deltas, anchors), boxes, atol=1e-3)
+    assert torch.allclose(coder.encode(anchors, anchors), torch.zeros(50, 4), atol=1e-6)
+    # variances scale the regression targets
+    assert torch.allclose(BoxCoder((1, 1, 1, 1)).encode(boxes, anchors) / torch.tensor(variances),
+                          BoxCoder(variances).encode(boxes, anchors), atol=1e-5)
