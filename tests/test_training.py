@@ -1,0 +1,110 @@
+"""Training: every mode lowers its loss on a fixed batch, resume is exact, 2-process DDP runs."""
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from calibration.coco import CocoDetection
+from calibration.synthetic import split_files
+from models.builders import ModelConfig
+from models.checkpoint import load_checkpoint
+from train.data import DetectionData, collate
+from train.engine import TrainConfig, compute_losses, lr_at, make_optimizer, prepare_model, train, train_step
+from train.losses import OMGLossConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def config_for(mode, tiny_dataset, tmp_path, **kw):
+    omg = mode in ("omg", "e2e") or kw.get("mask_source") == "omg"
+    model = ModelConfig(num_classes=6, input_size=(128, 128), width=0.5, omg=omg,
+                        omg_size=(64, 64) if omg else None)
+    return TrainConfig(mode=mode, model=model, data=str(tiny_dataset), epochs=2, batch_size=4,
+                       optimizer="adam", lr=1e-3, warmup_iters=0, workers=0, out=str(tmp_path / mode),
+                       omg_loss=OMGLossConfig(dilation=5, negatives_per_positive=3.0, positive_weight=3.0),
+                       **kw)
+
+
+@pytest.mark.parametrize("mode, extra", [("omg", {}), ("vanilla", {}), ("e2e", {}),
+                                         ("pipeline", {"mask_source": "gt-box"}),
+                                         ("pipeline", {"mask_source": "random:0.5"})])
+def test_two_steps_lower_the_loss_on_a_fixed_batch(mode, extra, tiny_dataset, tmp_path):
+    torch.manual_seed(0)
+    config = config_for(mode, tiny_dataset, tmp_path, **extra)
+    config.validate()
+    coco = CocoDetection(*split_files(tiny_dataset, "train"))
+    batch = collate([DetectionData(coco, (128, 128), train=True)[i] for i in range(4)])
+    model = prepare_model(config).train()
+    model.apply(lambda m: m.eval() if isinstance(m, torch.nn.Dropout) else None)
+    optimizer = make_optimizer(config, model)
+
+    def loss():
+        with torch.no_grad():
+            torch.manual_seed(1)  # same random mask for random:<r>
+            return float(sum(compute_losses(config, model, model, batch).values()))
+
+    before = loss()
+    for _ in range(2):
+        torch.manual_seed(1)
+        train_step(config, model, model, optimizer, batch)
+    assert loss() < before
+    if mode == "omg":  # the detector is frozen while the OMG alone learns
+        assert all(p.grad is None for p in model.detector.parameters())
+
+
+def test_lr_schedules():
+    cfg = TrainConfig(lr=0.1, epochs=10, warmup_iters=10, warmup_ratio=0.001, steps=(5, 8))
+    assert lr_at(cfg, 0, 10) == pytest.approx(1e-4)
+    assert lr_at(cfg, 10, 10) == pytest.approx(0.1)
+    assert lr_at(cfg, 55, 10) == pytest.approx(0.01)
+    assert lr_at(cfg, 85, 10) == pytest.approx(0.001)
+    poly = replace(cfg, schedule="poly", warmup_iters=0, poly_power=2.0)
+    assert lr_at(poly, 50, 10) == pytest.approx(0.1 * 0.5 ** 2)  # paper: lr0 * (1 - t/T)^2
+
+
+def test_resume_restores_optimizer_and_continues_exactly(tiny_dataset, tmp_path):
+    straight = config_for("e2e", tiny_dataset, tmp_path / "a", max_iters=None)
+    train(straight, progress=False)
+    full = load_checkpoint(Path(straight.out) / "last.pt")
+
+    first = replace(straight, out=str(tmp_path / "b"), epochs=1)
+    train(first, progress=False)
+    half = load_checkpoint(Path(first.out) / "last.pt")
+    assert half.training_state["epoch"] == 1 and "state" in half.training_state["optimizer"]
+    resumed = replace(first, epochs=2)
+    train(resumed, resume=str(Path(first.out) / "last.pt"), progress=False)
+    again = load_checkpoint(Path(first.out) / "last.pt")
+    assert again.training_state["epoch"] == 2
+    assert again.training_state["iteration"] == full.training_state["iteration"]
+    for key, value in full.od_state.items():
+        assert torch.allclose(value.float(), again.od_state[key].float(), atol=1e-5), key
+    exp_avg_full = [s["exp_avg"] for s in full.training_state["optimizer"]["state"].values()]
+    exp_avg_again = [s["exp_avg"] for s in again.training_state["optimizer"]["state"].values()]
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(exp_avg_full, exp_avg_again))
+    assert [h["epoch"] for h in again.metadata["history"]] == [2]
+
+
+def test_two_cpu_processes_with_gloo(tiny_dataset, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           str(ROOT / "train" / "train.py"), "--mode", "vanilla", "--data", str(tiny_dataset),
+           "--input-size", "96", "--width", "0.5", "--epochs", "1", "--batch-size", "2", "--workers", "0",
+           "--max-iters", "2", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt.metadata["world_size"] == 2 and ckpt.metadata["iteration"] == 2
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    from train.train import main
+    assert main(["--mode", "vanilla", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    assert main(["--mode", "pipeline", "--mask-source", "bogus", "--data", str(tmp_path)]) == 2
+    assert "unknown mask source" in capsys.readouterr().err

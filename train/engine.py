@@ -1,0 +1,262 @@
+"""The training loop for the four recipes of the paper, on one CPU process or under torchrun.
+
+Modes (paper sections 3.2-3.3, 4.4-4.5):
+  omg       the OMG alone on GT masks (pixel CE + mask dilation, OHNEM, loss re-weighting, Table 1)
+  vanilla   the detector alone (SSD multibox loss, hard-negative mining 3:1)
+  pipeline  the detector on fixed masks from a source (GT instance/box, saliency, random, or a
+            frozen trained OMG), Table 2
+  e2e       OMG + detector jointly through sg-argmax or soft-argmax (Tables 3-4): detection loss
+            plus the OMG pixel loss
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from calibration.coco import CocoDetection
+from calibration.synthetic import ensure_default_dataset, split_files
+from models.builders import ModelConfig, build_model
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.detector import BABODetector
+from train.data import Batch, DetectionData, collate
+from train.losses import OMGLossConfig, multibox_loss, omg_loss
+from train.masks import check_source, external_mask
+
+MODES = ("omg", "vanilla", "pipeline", "e2e")
+
+
+@dataclass
+class TrainConfig:
+    mode: str = "e2e"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: str | None = None  # COCO-format folder with instances_<split>.json + images/<split>; None = built-in
+    split: str = "train"
+    mask_source: str = "gt-instance"  # pipeline mode: gt-instance, gt-box, sr, random:<r>, omg
+    mask_gt: str = "instance"  # OMG supervision: GT instance masks or GT box masks
+    init: str | None = None  # checkpoint to start from (its matching weights are loaded)
+    omg_init: str | None = None  # checkpoint whose OMG weights are loaded (pipeline omg / e2e)
+    epochs: int = 24
+    batch_size: int = 16
+    optimizer: str = "sgd"
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 4e-5
+    schedule: str = "step"  # step | poly | cosine
+    steps: tuple[int, ...] = (16, 22)  # epochs at which step decays by 10x
+    poly_power: float = 2.0
+    warmup_iters: int = 500
+    warmup_ratio: float = 0.001
+    omg_loss: OMGLossConfig = field(default_factory=OMGLossConfig)
+    omg_loss_weight: float = 1.0
+    workers: int = 2
+    seed: int = 0
+    out: str = "runs/train"
+    max_iters: int | None = None  # stop early (smoke runs, tests)
+    grad_clip: float | None = 10.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        data = dict(data)
+        if "model" in data:
+            data["model"] = ModelConfig.from_dict(data["model"])
+        if "omg_loss" in data:
+            data["omg_loss"] = OMGLossConfig(**data["omg_loss"])
+        if "steps" in data:
+            data["steps"] = tuple(data["steps"])
+        return cls(**data)
+
+    def validate(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; expected one of {MODES}")
+        if self.mode == "pipeline":
+            check_source(self.mask_source)
+        if self.mode in ("omg", "e2e") and not self.model.omg:
+            raise ValueError(f"mode {self.mode} trains an OMG: the model config needs omg=True")
+        if self.mode == "vanilla" and self.model.omg:
+            raise ValueError("mode vanilla trains a detector without OMG: set omg=False")
+        if self.mode == "pipeline" and (self.mask_source == "omg") != self.model.omg:
+            raise ValueError("pipeline mode has an OMG exactly when the mask source is 'omg'")
+        if self.mask_gt not in ("instance", "box"):
+            raise ValueError(f"mask_gt must be 'instance' or 'box', got {self.mask_gt!r}")
+
+
+def lr_at(config: TrainConfig, iteration: int, iters_per_epoch: int) -> float:
+    """Learning rate at an iteration: linear warm-up, then step / poly / cosine (per epoch)."""
+    total = config.epochs * iters_per_epoch
+    if iteration < config.warmup_iters:
+        alpha = iteration / config.warmup_iters
+        warm = config.warmup_ratio * (1 - alpha) + alpha
+    else:
+        warm = 1.0
+    epoch = iteration / iters_per_epoch
+    if config.schedule == "step":
+        factor = 0.1 ** sum(epoch >= s for s in config.steps)
+    elif config.schedule == "poly":
+        factor = max(0.0, 1 - iteration / total) ** config.poly_power
+    elif config.schedule == "cosine":
+        factor = 0.5 * (1 + math.cos(math.pi * min(iteration / total, 1.0)))
+    else:
+        raise ValueError(f"unknown schedule {config.schedule!r}")
+    return config.lr * warm * factor
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def dataset_for(config: TrainConfig, split: str) -> CocoDetection:
+    root = Path(config.data) if config.data else ensure_default_dataset()
+    ann, images = split_files(root, split)
+    return CocoDetection(ann, images)
+
+
+def prepare_model(config: TrainConfig) -> BABODetector:
+    """Build the model, load initial weights, freeze what the mode does not train."""
+    model = build_model(config.model)
+    if config.init:
+        init = load_checkpoint(config.init)
+        model.detector.load_state_dict(init.od_state)
+        if model.omg is not None and init.omg_state is not None:
+            model.omg.load_state_dict(init.omg_state)
+    if config.omg_init:
+        model.omg.load_state_dict(load_checkpoint(config.omg_init).omg_state)
+    if config.mode == "omg":
+        model.detector.requires_grad_(False)
+    if config.mode == "pipeline" and model.omg is not None:
+        model.omg.requires_grad_(False)
+    return model
+
+
+def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    raise ValueError(f"unknown optimizer {config.optimizer!r}")
+
+
+def compute_losses(config: TrainConfig, model: BABODetector, forward, batch: Batch) -> dict[str, torch.Tensor]:
+    """Loss terms of one batch. `forward` is the (possibly DDP-wrapped) model."""
+    gt_mask = batch.instance_masks if config.mask_gt == "instance" else batch.box_masks
+    losses = {}
+    if config.mode == "omg":
+        _, logits = model.objectness_mask(model.normalize(batch.images))
+        losses["omg"] = omg_loss(logits, gt_mask, config.omg_loss)
+        return losses
+    mask = external_mask(config.mask_source, batch, model) if config.mode == "pipeline" else None
+    out = forward(batch.images, mask)
+    det = multibox_loss(out.cls_logits, out.box_deltas, out.anchors, batch.boxes, batch.labels,
+                        model.detector.coder)
+    losses["cls"], losses["box"] = det.cls, det.box
+    if config.mode == "e2e":
+        losses["omg"] = config.omg_loss_weight * omg_loss(out.omg_logits, gt_mask, config.omg_loss)
+    return losses
+
+
+def train_step(config: TrainConfig, model: BABODetector, forward, optimizer: torch.optim.Optimizer,
+               batch: Batch) -> dict[str, float]:
+    optimizer.zero_grad(set_to_none=True)
+    losses = compute_losses(config, model, forward, batch)
+    total = sum(losses.values())
+    total.backward()
+    if config.grad_clip:
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.grad_clip)
+    optimizer.step()
+    return {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in losses.items()}}
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size); initialises the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def train(config: TrainConfig, resume: str | None = None, progress: bool = True) -> Path:
+    """Runs training; writes `epoch_<k>.pt` and `last.pt` checkpoints into config.out.
+    Returns the path of the last checkpoint."""
+    config.validate()
+    rank, world = _distributed()
+    seed_everything(config.seed + rank)
+    dataset = dataset_for(config, config.split)
+    config = replace(config, model=replace(config.model, num_classes=len(dataset.class_names)))
+    model = prepare_model(config)
+    data = DetectionData(dataset, config.model.input_size, train=True, mean=config.model.mean, seed=config.seed)
+    sampler = (torch.utils.data.DistributedSampler(data, world, rank, shuffle=True, seed=config.seed)
+               if world > 1 else None)
+    generator = torch.Generator()
+    loader = torch.utils.data.DataLoader(
+        data, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
+        num_workers=config.workers, collate_fn=collate, drop_last=len(data) >= config.batch_size * world,
+        generator=generator, persistent_workers=False)
+    forward = DistributedDataParallel(model) if world > 1 else model
+    optimizer = make_optimizer(config, model)
+    start_epoch, iteration = 0, 0
+    if resume:
+        ckpt = load_checkpoint(resume)
+        model.detector.load_state_dict(ckpt.od_state)
+        if model.omg is not None:
+            model.omg.load_state_dict(ckpt.omg_state)
+        optimizer.load_state_dict(ckpt.training_state["optimizer"])
+        torch.set_rng_state(ckpt.training_state["torch_rng"])
+        start_epoch, iteration = ckpt.training_state["epoch"], ckpt.training_state["iteration"]
+    out_dir = Path(config.out)
+    iters_per_epoch = max(len(loader), 1)
+    last = out_dir / "last.pt"
+    history = []
+    started = time.time()
+    model.train()
+    for epoch in range(start_epoch, config.epochs):
+        data.set_epoch(epoch)
+        generator.manual_seed(config.seed * 100_003 + epoch)  # shuffle order depends on the epoch only
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        bar = tqdm(loader, desc=f"{config.mode} epoch {epoch + 1}/{config.epochs}", disable=not progress or rank,
+                   dynamic_ncols=True, file=sys.stderr)
+        sums: dict[str, float] = {}
+        steps = 0
+        for batch in bar:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(config, iteration, iters_per_epoch)
+            stats = train_step(config, model, forward, optimizer, batch)
+            iteration += 1
+            steps += 1
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.set_postfix({k: f"{v / steps:.3f}" for k, v in sums.items()} | {"lr": f"{optimizer.param_groups[0]['lr']:.4f}"})
+            if config.max_iters and iteration >= config.max_iters:
+                break
+        history.append({"epoch": epoch + 1, **{k: v / max(steps, 1) for k, v in sums.items()}})
+        if rank == 0:
+            meta = {"mode": config.mode, "epoch": epoch + 1, "iteration": iteration, "history": history,
+                    "train_config": json.loads(json.dumps(config.to_dict())), "world_size": world,
+                    "seconds": time.time() - started, "command": " ".join(sys.argv)}
+            state = {"optimizer": optimizer.state_dict(), "epoch": epoch + 1, "iteration": iteration,
+                     "torch_rng": torch.get_rng_state()}
+            save_checkpoint(out_dir / f"epoch_{epoch + 1}.pt", model, config.model, dataset.class_names,
+                            meta, state)
+            save_checkpoint(last, model, config.model, dataset.class_names, meta, state)
+        if config.max_iters and iteration >= config.max_iters:
+            break
+    if world > 1:
+        dist.barrier()
+    return last

@@ -1,0 +1,103 @@
+"""Training losses: SSD multibox (hard-negative mining 3:1) and the OMG pixel loss (paper Table 1)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from models.anchors import BoxCoder
+from models.postprocess import box_iou
+
+
+def assign_anchors(anchors: torch.Tensor, gt_boxes: torch.Tensor, pos_iou: float = 0.5) -> torch.Tensor:
+    """SSD matching (MMDetection's MaxIoUAssigner for SSD): an anchor takes the GT it overlaps
+    most if IoU >= pos_iou, and every GT also takes its single best anchor. Returns, per anchor,
+    the matched GT index or -1 for background."""
+    assigned = torch.full((anchors.shape[0],), -1, dtype=torch.long, device=anchors.device)
+    if gt_boxes.numel() == 0:
+        return assigned
+    iou = box_iou(gt_boxes, anchors)  # (G, A)
+    best_iou, best_gt = iou.max(dim=0)
+    assigned[best_iou >= pos_iou] = best_gt[best_iou >= pos_iou]
+    best_anchor = iou.argmax(dim=1)
+    assigned[best_anchor] = torch.arange(gt_boxes.shape[0], device=anchors.device)
+    return assigned
+
+
+@dataclass
+class DetectionLoss:
+    cls: torch.Tensor
+    box: torch.Tensor
+    positives: int
+
+
+def multibox_loss(cls_logits: torch.Tensor, box_deltas: torch.Tensor, anchors: torch.Tensor,
+                  gt_boxes: list[torch.Tensor], gt_labels: list[torch.Tensor], coder: BoxCoder,
+                  neg_pos_ratio: int = 3) -> DetectionLoss:
+    """SSD loss: softmax CE over positives plus the `neg_pos_ratio` x hardest negatives per image,
+    smooth-L1 (beta 1) on encoded boxes of positives; both divided by the number of positives in
+    the batch. Background is the last class column."""
+    n, a, c1 = cls_logits.shape
+    background = c1 - 1
+    targets = torch.full((n, a), background, dtype=torch.long, device=cls_logits.device)
+    box_targets = torch.zeros_like(box_deltas)
+    for i in range(n):
+        matched = assign_anchors(anchors, gt_boxes[i])
+        pos = matched >= 0
+        targets[i, pos] = gt_labels[i][matched[pos]]
+        box_targets[i, pos] = coder.encode(gt_boxes[i][matched[pos]], anchors[pos])
+    ce = F.cross_entropy(cls_logits.reshape(-1, c1), targets.reshape(-1), reduction="none").view(n, a)
+    positive = targets != background
+    num_pos = int(positive.sum())
+    hard_negatives = torch.zeros_like(positive)
+    neg_ce = ce.detach().masked_fill(positive, -1.0)
+    for i in range(n):
+        k = min(neg_pos_ratio * int(positive[i].sum()), a - int(positive[i].sum()))
+        if k > 0:
+            hard_negatives[i, neg_ce[i].topk(k).indices] = True
+    denom = max(num_pos, 1)
+    cls_loss = (ce[positive].sum() + ce[hard_negatives].sum()) / denom
+    box_loss = F.smooth_l1_loss(box_deltas[positive], box_targets[positive], beta=1.0, reduction="sum") / denom
+    return DetectionLoss(cls_loss, box_loss, num_pos)
+
+
+@dataclass(frozen=True)
+class OMGLossConfig:
+    """Paper Table 1: mask dilation kernel (MD), negatives per positive for online hard
+    negative mining (OHNEM, None = all pixels) and the positive-class loss weight (LW)."""
+
+    dilation: int = 0
+    negatives_per_positive: float | None = None
+    positive_weight: float = 1.0
+    min_negatives: int = 256
+
+
+def dilate(mask: torch.Tensor, kernel: int) -> torch.Tensor:
+    """Binary dilation of (N, 1, H, W) masks with a kernel x kernel square."""
+    if kernel <= 1:
+        return mask
+    pad_lo = (kernel - 1) // 2
+    padded = F.pad(mask, (pad_lo, kernel - 1 - pad_lo, pad_lo, kernel - 1 - pad_lo))
+    return F.max_pool2d(padded, kernel, stride=1)
+
+
+def omg_loss(logits: torch.Tensor, gt_mask: torch.Tensor, config: OMGLossConfig) -> torch.Tensor:
+    """Pixel-wise CE of OMG logits (N, 2, H, W) against a (dilated) GT mask (N, 1, H, W),
+    with OHNEM and loss re-weighting, normalised by the total weight of the selected pixels."""
+    target = dilate(gt_mask, config.dilation)[:, 0].round().long()
+    ce = F.cross_entropy(logits, target, reduction="none")  # (N, H, W)
+    positive = target == 1
+    selected = positive.clone()
+    if config.negatives_per_positive is None:
+        selected |= ~positive
+    else:
+        neg_ce = ce.detach().masked_fill(positive, -1.0).flatten(1)
+        for i in range(ce.shape[0]):
+            n_pos = int(positive[i].sum())
+            n_neg = int((~positive[i]).sum())
+            k = min(n_neg, max(int(config.negatives_per_positive * n_pos), config.min_negatives))
+            if k:
+                selected.view(ce.shape[0], -1)[i, neg_ce[i].topk(k).indices] = True
+    weight = torch.where(positive, config.positive_weight, 1.0) * selected
+    return (ce * weight).sum() / weight.sum().clamp_min(1.0)
