@@ -41,24 +41,25 @@ def ssdlite_priors() -> SSDPriorConfig:
 
 
 def ssd512_priors() -> SSDPriorConfig:
-    """MMDetection's SSD512 priors: base size ratio range (0.1, 0.9) over 7 levels."""
-    min_ratio, max_ratio, levels = 10, 90, 7
+    """MMDetection's SSD512 priors: base size ratio range (0.1, 0.9) over 7 levels, sizes
+    truncated to whole pixels at 512 as MMDetection does (20, 51, 133, ... px)."""
+    side, min_ratio, max_ratio, levels = 512, 10, 90, 7
     step = (max_ratio - min_ratio) // (levels - 2)
-    mins = [r / 100 for r in range(min_ratio, max_ratio + 1, step)]
-    maxs = [(r + step) / 100 for r in range(min_ratio, max_ratio + 1, step)]
+    ratios = range(min_ratio, max_ratio + 1, step)
+    mins = [int(side * 4 / 100)] + [int(side * r / 100) for r in ratios]
+    maxs = [int(side * 10 / 100)] + [int(side * (r + step) / 100) for r in ratios]
     return SSDPriorConfig(
-        min_sizes=tuple([0.04] + mins),
-        max_sizes=tuple([0.10] + maxs),
+        min_sizes=tuple(m / side for m in mins),
+        max_sizes=tuple(m / side for m in maxs),
         ratios=((2,), (2, 3), (2, 3), (2, 3), (2, 3), (2,), (2,)),
     )
 
 
-def _grid_centers(feature_hw: tuple[int, int], image_hw: tuple[int, int]) -> torch.Tensor:
-    """(H*W, 2) xy centres of the cells of a feature map laid over the image, row-major."""
+def _grid_centers(feature_hw: tuple[int, int], step_hw: tuple[float, float], offset: float) -> torch.Tensor:
+    """(H*W, 2) xy centres (i + offset) * step of the cells of a feature map, row-major."""
     fh, fw = feature_hw
-    ih, iw = image_hw
-    ys = (torch.arange(fh, dtype=torch.float64) + 0.5) * ih / fh
-    xs = (torch.arange(fw, dtype=torch.float64) + 0.5) * iw / fw
+    ys = (torch.arange(fh, dtype=torch.float64) + offset) * step_hw[0]
+    xs = (torch.arange(fw, dtype=torch.float64) + offset) * step_hw[1]
     cy, cx = torch.meshgrid(ys, xs, indexing="ij")
     return torch.stack([cx.reshape(-1), cy.reshape(-1)], dim=1)
 
@@ -78,19 +79,21 @@ def ssd_priors(config: SSDPriorConfig, feature_hws: list[tuple[int, int]],
     side = min(image_hw)
     out = []
     for hw, smin, smax, ratios in zip(feature_hws, config.min_sizes, config.max_sizes, config.ratios):
+        step = (image_hw[0] / hw[0], image_hw[1] / hw[1])
         lo, big = smin * side, math.sqrt(smin * smax) * side
         sizes = [(lo, lo), (big, big)]
         for r in ratios:
             q = math.sqrt(r)
             sizes += [(lo * q, lo / q), (lo / q, lo * q)]
-        out.append(_place(_grid_centers(hw, image_hw), torch.tensor(sizes, dtype=torch.float64)))
+        out.append(_place(_grid_centers(hw, step, 0.5), torch.tensor(sizes, dtype=torch.float64)))
     return torch.cat(out).float()
 
 
 def retinanet_anchors(feature_hws: list[tuple[int, int]], image_hw: tuple[int, int],
                       strides: tuple[int, ...] = (8, 16, 32, 64, 128), octave_base_scale: float = 4,
                       scales_per_octave: int = 3, ratios: tuple[float, ...] = (0.5, 1.0, 2.0)) -> torch.Tensor:
-    """RetinaNet anchors (Lin et al. 2017, MMDetection defaults): 3 scales x 3 ratios per cell."""
+    """RetinaNet anchors (Lin et al. 2017, MMDetection 2.x defaults): 3 scales x 3 ratios per
+    cell, centred at multiples of the level's stride (MMDetection's centre offset 0)."""
     out = []
     for hw, stride in zip(feature_hws, strides):
         sizes = []
@@ -98,7 +101,7 @@ def retinanet_anchors(feature_hws: list[tuple[int, int]], image_hw: tuple[int, i
             for i in range(scales_per_octave):
                 base = stride * octave_base_scale * 2 ** (i / scales_per_octave)
                 sizes.append((base / math.sqrt(r), base * math.sqrt(r)))  # (w, h), h/w = r
-        out.append(_place(_grid_centers(hw, image_hw), torch.tensor(sizes, dtype=torch.float64)))
+        out.append(_place(_grid_centers(hw, (stride, stride), 0.0), torch.tensor(sizes, dtype=torch.float64)))
     return torch.cat(out).float()
 
 

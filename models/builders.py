@@ -11,12 +11,14 @@ from typing import Callable
 
 from torch import nn
 
-from models.anchors import BoxCoder, ssd_priors, ssdlite_priors
+from models.anchors import BoxCoder, retinanet_anchors, ssd512_priors, ssd_priors, ssdlite_priors
 from models.detector import BABODetector, SingleShotDetector
 from models.fast_scnn import FastSCNN
 from models.mobilenetv2 import MobileNetV2
 from models.postprocess import PostprocessConfig
+from models.retinanet import FPN, ResNet, RetinaHead
 from models.ssd import SSDHead, SSDLiteExtras
+from models.vgg_ssd import SSD512_EXTRA_LEVELS, SSDNeck, SSDVGG16
 
 SSDLITE_EXTRA_DEPTHS = (512, 256, 256, 128)
 
@@ -71,8 +73,37 @@ def mnv2_ssdlite(config: ModelConfig) -> SingleShotDetector:
                               "softmax", config.num_classes)
 
 
+# --- heavy detectors of the paper's Table 5 (MMDetection 2.x configs) ----------------------
+
+
+def vgg16_ssd512(config: ModelConfig) -> SingleShotDetector:
+    """MMDetection's ssd512_coco: VGG16 + L2Norm + five extra levels, plain 3x3 SSD heads,
+    softmax over classes + background. Meant for 512x512 inputs (feature maps 64..1); sides
+    below ~264 px fail, as the last level's 4x4 conv needs a 2x2 map. The width multiplier
+    does not apply. MMDetection normalises this model with std (1, 1, 1)."""
+    backbone = SSDVGG16()
+    neck = SSDNeck(backbone.out_channels, SSD512_EXTRA_LEVELS)
+    priors = ssd512_priors()
+    head = SSDHead(neck.out_channels, priors.anchors_per_location(), config.num_classes + 1,
+                   depthwise=False)
+    return SingleShotDetector(backbone, neck, head, partial(ssd_priors, priors),
+                              BoxCoder((0.1, 0.1, 0.2, 0.2)), "softmax", config.num_classes)
+
+
+def retinanet_r101(config: ModelConfig) -> SingleShotDetector:
+    """MMDetection's retinanet_r101_fpn_1x_coco: ResNet-101, FPN P3-P7, RetinaHead with 9
+    anchors per location, sigmoid scores, unit box-coder stds. The paper's size is
+    800x1216 (H, W); the width multiplier does not apply."""
+    backbone = ResNet()
+    return SingleShotDetector(backbone, FPN(tuple(backbone.out_channels)), RetinaHead(config.num_classes),
+                              retinanet_anchors, BoxCoder((1.0, 1.0, 1.0, 1.0)), "sigmoid",
+                              config.num_classes)
+
+
 DETECTORS: dict[str, Callable[[ModelConfig], SingleShotDetector]] = {
     "mnv2-ssdlite": mnv2_ssdlite,
+    "vgg16-ssd512": vgg16_ssd512,
+    "retinanet-r101": retinanet_r101,
 }
 
 
@@ -90,36 +121,3 @@ def build_model(config: ModelConfig) -> BABODetector:
     return BABODetector(build_detector(config), omg, omg_size=config.omg_size if config.omg else None,
                         argmax=config.argmax, beta=config.beta, mean=config.mean, std=config.std,
                         postprocess=config.postprocess)
-
-
-# --- heavy detectors of the paper's Table 5 (MMDetection 2.x configs) ----------------------
-
-from models.anchors import retinanet_anchors, ssd512_priors  # noqa: E402
-from models.retinanet import FPN, ResNet, RetinaHead  # noqa: E402
-from models.vgg_ssd import SSD512_CHANNELS, SSD512_EXTRA_LEVELS, SSDNeck, SSDVGG16  # noqa: E402
-
-
-def vgg16_ssd512(config: ModelConfig) -> SingleShotDetector:
-    """MMDetection's ssd512_coco: VGG16 + L2Norm + five extra levels, plain 3x3 SSD heads,
-    softmax over classes + background. Meant for 512x512 inputs (feature maps 64..1); the
-    width multiplier does not apply. MMDetection normalises with std (1, 1, 1) for this model."""
-    priors = ssd512_priors()
-    head = SSDHead(SSD512_CHANNELS, priors.anchors_per_location(), config.num_classes + 1,
-                   depthwise=False)
-    return SingleShotDetector(SSDVGG16(), SSDNeck(1024, SSD512_EXTRA_LEVELS), head,
-                              partial(ssd_priors, priors), BoxCoder((0.1, 0.1, 0.2, 0.2)),
-                              "softmax", config.num_classes)
-
-
-def retinanet_r101(config: ModelConfig) -> SingleShotDetector:
-    """MMDetection's retinanet_r101_fpn_1x_coco: ResNet-101, FPN P3-P7, RetinaHead with 9
-    anchors per location, sigmoid scores, unit box-coder stds. The paper's size is
-    800x1216 (H, W); the width multiplier does not apply."""
-    backbone = ResNet()
-    return SingleShotDetector(backbone, FPN(tuple(backbone.out_channels)), RetinaHead(config.num_classes),
-                              retinanet_anchors, BoxCoder((1.0, 1.0, 1.0, 1.0)), "sigmoid",
-                              config.num_classes)
-
-
-DETECTORS["vgg16-ssd512"] = vgg16_ssd512
-DETECTORS["retinanet-r101"] = retinanet_r101

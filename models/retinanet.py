@@ -7,7 +7,8 @@ by all levels. Like MMDetection's config (relu_before_extra_convs is left False)
 computed from P6 without a ReLU in between; the RetinaNet paper and torchvision put one there.
 
 Names give per-block reports readable groups: `backbone.stem`, `backbone.layer3.17` (one
-bottleneck), `neck.lateral_convs.0`, `neck.p6_conv`, `head.cls_branch`, `head.box_branch`.
+bottleneck), `neck.lateral_convs`, `neck.output_convs`, `neck.extra_convs` (P6, P7),
+`head.cls_branch`, `head.box_branch`.
 State-dict keys differ from MMDetection's; loading its checkpoints needs a key map.
 """
 from __future__ import annotations
@@ -49,10 +50,15 @@ class ResNet(nn.Module):
 
     def __init__(self, blocks_per_stage: tuple[int, ...] = RESNET101_BLOCKS):
         super().__init__()
-        self.stem = ConvNormAct(3, 64, 7, 2, activation=nn.ReLU)
-        self.stem_pool = nn.MaxPool2d(3, 2, padding=1)
+        self.stem = nn.Sequential(OrderedDict(
+            conv=nn.Conv2d(3, 64, 7, 2, padding=3, bias=False),
+            bn=nn.BatchNorm2d(64),
+            relu=nn.ReLU(inplace=True),
+            pool=nn.MaxPool2d(3, 2, padding=1),
+        ))
         in_channels = 64
-        self.out_channels = []
+        self.stage_names: list[str] = []
+        self.out_channels: list[int] = []
         for index, blocks in enumerate(blocks_per_stage):
             width = 64 * 2 ** index
             stride = 1 if index == 0 else 2
@@ -60,14 +66,15 @@ class ResNet(nn.Module):
             for i in range(blocks):
                 stage.append(Bottleneck(in_channels, width, stride if i == 0 else 1))
                 in_channels = width * BOTTLENECK_EXPANSION
-            setattr(self, f"layer{index + 1}", nn.Sequential(*stage))
+            self.stage_names.append(f"layer{index + 1}")
+            self.add_module(self.stage_names[-1], nn.Sequential(*stage))
             self.out_channels.append(in_channels)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.stem_pool(self.stem(x))
+        x = self.stem(x)
         features = []
-        for index in range(len(self.out_channels)):
-            x = getattr(self, f"layer{index + 1}")(x)
+        for name in self.stage_names:
+            x = getattr(self, name)(x)
             features.append(x)
         return features
 
@@ -87,8 +94,10 @@ class FPN(nn.Module):
         self.lateral_convs = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in used)
         self.output_convs = nn.ModuleList(nn.Conv2d(out_channels, out_channels, 3, padding=1)
                                           for _ in used)
-        self.p6_conv = nn.Conv2d(used[-1], out_channels, 3, 2, padding=1)
-        self.p7_conv = nn.Conv2d(out_channels, out_channels, 3, 2, padding=1)
+        self.extra_convs = nn.ModuleDict({
+            "p6": nn.Conv2d(used[-1], out_channels, 3, 2, padding=1),
+            "p7": nn.Conv2d(out_channels, out_channels, 3, 2, padding=1),
+        })
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         inputs = features[self.start_level:]
@@ -97,8 +106,8 @@ class FPN(nn.Module):
             laterals[i - 1] = laterals[i - 1] + F.interpolate(
                 laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest")
         outputs = [conv(lateral) for conv, lateral in zip(self.output_convs, laterals)]
-        p6 = self.p6_conv(inputs[-1])
-        return [*outputs, p6, self.p7_conv(p6)]
+        p6 = self.extra_convs["p6"](inputs[-1])
+        return [*outputs, p6, self.extra_convs["p7"](p6)]
 
 
 def _head_branch(channels: int, out_channels: int, stacked_convs: int) -> nn.Sequential:

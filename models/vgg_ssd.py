@@ -20,7 +20,6 @@ from torch import nn
 VGG16_BLOCKS = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
 # SSDNeck of ssd512_coco.py: (channels, stride, padding, kernel) of every extra level's 2nd conv.
 SSD512_EXTRA_LEVELS = ((512, 2, 1, 3), (256, 2, 1, 3), (256, 2, 1, 3), (256, 2, 1, 3), (256, 1, 1, 4))
-SSD512_CHANNELS = (512, 1024, *(level[0] for level in SSD512_EXTRA_LEVELS))
 
 
 def _vgg_block(index: int, in_channels: int, out_channels: int, convs: int) -> nn.Sequential:
@@ -38,6 +37,8 @@ def _vgg_block(index: int, in_channels: int, out_channels: int, convs: int) -> n
 
 class SSDVGG16(nn.Module):
     """VGG16 trunk of SSD: returns conv4_3 (after ReLU, stride 8) and fc7 (stride 16)."""
+
+    out_channels = (512, 1024)
 
     def __init__(self):
         super().__init__()
@@ -59,8 +60,8 @@ class SSDVGG16(nn.Module):
 
 
 class L2Norm(nn.Module):
-    """Channel-wise L2 normalisation with a learnable per-channel scale (SSD, section 3.1 of
-    ParseNet): conv4_3 activations are much larger than the deeper ones."""
+    """Channel-wise L2 normalisation with a learnable per-channel scale (ParseNet), which SSD
+    puts on conv4_3 because its activations are much larger than the deeper ones."""
 
     def __init__(self, channels: int, scale: float = 20.0, eps: float = 1e-10):
         super().__init__()
@@ -74,20 +75,22 @@ class L2Norm(nn.Module):
 
 class SSDNeck(nn.Module):
     """L2Norm on the first backbone map, then extra levels on the last one: each level is a
-    1x1 conv to half its channels and a strided conv, both with bias and ReLU, no norm."""
+    1x1 conv to half its channels and a (channels, stride, padding, kernel) conv, both with
+    bias and ReLU, no norm."""
 
-    def __init__(self, in_channels: int, extra_levels: tuple[tuple[int, int, int, int], ...],
-                 l2_norm_channels: int = 512):
+    def __init__(self, in_channels: tuple[int, ...], extra_levels: tuple[tuple[int, int, int, int], ...]):
         super().__init__()
-        self.l2_norm = L2Norm(l2_norm_channels)
+        self.out_channels = (*in_channels, *(level[0] for level in extra_levels))
+        self.l2_norm = L2Norm(in_channels[0])
         levels = []
+        channels = in_channels[-1]
         for out_channels, stride, padding, kernel in extra_levels:
             half = out_channels // 2
             levels.append(nn.Sequential(
-                nn.Conv2d(in_channels, half, 1), nn.ReLU(inplace=True),
+                nn.Conv2d(channels, half, 1), nn.ReLU(inplace=True),
                 nn.Conv2d(half, out_channels, kernel, stride, padding), nn.ReLU(inplace=True),
             ))
-            in_channels = out_channels
+            channels = out_channels
         self.extra_levels = nn.ModuleList(levels)
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:

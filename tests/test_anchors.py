@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from models.anchors import BoxCoder, retinanet_anchors, ssd_priors, ssdlite_priors
+from models.anchors import BoxCoder, retinanet_anchors, ssd512_priors, ssd_priors, ssdlite_priors
 from models.builders import ModelConfig, build_model
 
 
@@ -50,6 +50,8 @@ def test_retinanet_anchors_per_cell():
     areas = (wh[:, 0] * wh[:, 1]).sqrt()
     base = 8 * 4 * torch.tensor([1, 2 ** (1 / 3), 2 ** (2 / 3)])
     assert torch.allclose(areas.view(3, 3), base.expand(3, 3), atol=1e-3)  # 3 scales per ratio
+    centres = (anchors[::9, :2] + anchors[::9, 2:]) / 2
+    assert centres[:4].tolist() == [[0, 0], [8, 0], [16, 0], [0, 8]]  # MMDetection: offset 0
     assert torch.allclose(wh[:3, 1] / wh[:3, 0], torch.tensor(0.5))  # ratio h/w first = 0.5
 
 
@@ -67,3 +69,10 @@ def test_box_coder_round_trip(variances):
     # variances scale the regression targets
     assert torch.allclose(BoxCoder((1, 1, 1, 1)).encode(boxes, anchors) / torch.tensor(variances),
                           BoxCoder(variances).encode(boxes, anchors), atol=1e-5)
+
+
+def test_ssd512_prior_sizes_are_mmdetections():
+    cfg = ssd512_priors()
+    assert [round(s * 512) for s in cfg.min_sizes] == [20, 51, 133, 215, 296, 378, 460]
+    assert [round(s * 512) for s in cfg.max_sizes] == [51, 133, 215, 296, 378, 460, 542]
+    assert cfg.anchors_per_location() == [4, 6, 6, 6, 6, 4, 4]
