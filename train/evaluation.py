@@ -183,9 +183,6 @@ class _InstanceKeeper:
         self.kept[index] = self.coco[index]
         return self.kept[index]
 
-    def __getattr__(self, name: str):
-        return getattr(self.coco, name)
-
 
 def evaluate(model: BABODetector, data: DataSpec, *, input_size: tuple[int, int], split: str = "val",
              mask_source: str | None = None, class_names: list[str] | None = None, batch_size: int = 8,
@@ -202,8 +199,9 @@ def evaluate(model: BABODetector, data: DataSpec, *, input_size: tuple[int, int]
     count = len(coco) if limit is None else min(limit, len(coco))
     if count < 1:
         raise DatasetError(f"{coco.ann_file}: no image to evaluate")
+    input_hw = (int(input_size[0]), int(input_size[1]))
     keeper = _InstanceKeeper(coco)
-    items = DetectionData(keeper, input_size, train=False)
+    items = DetectionData(keeper, input_hw, train=False)
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(0)  # reproducible random:<ratio> masks
     accumulator = ReportAccumulator()
@@ -217,10 +215,10 @@ def evaluate(model: BABODetector, data: DataSpec, *, input_size: tuple[int, int]
                 mask = external_mask(source, batch, model, generator)
                 run = profile(model, batch.images.to(device), None if mask is None else mask.to(device))
                 out = run.output
-                boxes = detect(out.cls_logits, out.box_deltas, out.anchors, tuple(input_size),
+                boxes = detect(out.cls_logits, out.box_deltas, out.anchors, input_hw,
                                model.detector.coder, model.detector.score_activation, model.postprocess)
                 detections += coco_detections(boxes.cpu(), batch.image_ids, batch.original_hw,
-                                              input_size, coco.category_ids)
+                                              input_hw, coco.category_ids)
                 image_ids += batch.image_ids
                 for counts, fg in zip(run.counts, run.fg_ratios):
                     accumulator.add(counts, fg)
@@ -236,15 +234,15 @@ def evaluate(model: BABODetector, data: DataSpec, *, input_size: tuple[int, int]
         model.train(was_training)
     report = accumulator.report({"ann_file": str(coco.ann_file), "mask_source": source})
     recall = recall_summary(np.concatenate(hits), np.concatenate(areas)) if hits else None
-    return EvalResult(
-        metrics=coco_metrics(coco, detections, image_ids), mask_source=source,
-        fg_ratio=report["fg_ratio"], instance_recall=recall,
-        zero_ratio=report["totals"]["zero_ratio"], gmac=report["totals"]["mac"] / 1e9,
-        gmac_star=report["totals"]["mac_star"] / 1e9,
-        networks={net: {"gmac": d["totals"]["mac"] / 1e9, "gmac_star": d["totals"]["mac_star"] / 1e9,
-                        "zero_ratio": d["totals"]["zero_ratio"]}
-                  for net, d in report["networks"].items()},
-        images=count, report=report)
+    return EvalResult(metrics=coco_metrics(coco, detections, image_ids), mask_source=source,
+                      fg_ratio=report["fg_ratio"], instance_recall=recall, **_figures(report["totals"]),
+                      networks={net: _figures(section["totals"]) for net, section in report["networks"].items()},
+                      images=count, report=report)
+
+
+def _figures(totals: dict) -> dict[str, float]:
+    """gmac, gmac_star and zero_ratio of a report's totals section."""
+    return {"gmac": totals["mac"] / 1e9, "gmac_star": totals["mac_star"] / 1e9, "zero_ratio": totals["zero_ratio"]}
 
 
 # --- the table ---------------------------------------------------------------------------------
