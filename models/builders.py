@@ -21,6 +21,7 @@ from models.ssd import SSDHead, SSDLiteExtras
 from models.vgg_ssd import SSD512_EXTRA_LEVELS, SSDNeck, SSDVGG16
 
 SSDLITE_EXTRA_DEPTHS = (512, 256, 256, 128)
+OMG_FOREGROUND_BIAS = 3.0  # an untrained OMG keeps nearly every pixel (see FastSCNN)
 
 
 @dataclass
@@ -117,7 +118,7 @@ def build_detector(config: ModelConfig) -> SingleShotDetector:
 
 def build_model(config: ModelConfig) -> BABODetector:
     """The BABO model of `config`: with the Fast-SCNN OMG when `config.omg`, else vanilla."""
-    omg: nn.Module | None = FastSCNN(num_classes=2) if config.omg else None
+    omg: nn.Module | None = FastSCNN(2, foreground_bias=OMG_FOREGROUND_BIAS) if config.omg else None
     return BABODetector(build_detector(config), omg, omg_size=config.omg_size if config.omg else None,
                         argmax=config.argmax, beta=config.beta, mean=config.mean, std=config.std,
                         postprocess=config.postprocess)

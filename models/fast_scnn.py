@@ -61,9 +61,14 @@ class FeatureFusion(nn.Module):
 
 
 class FastSCNN(nn.Module):
-    """Fast-SCNN returning class logits at `output_size` (the input size by default)."""
+    """Fast-SCNN returning class logits at `output_size` (the input size by default).
 
-    def __init__(self, num_classes: int = 2):
+    `foreground_bias` initialises the last conv's bias of class 1 (foreground): an untrained
+    OMG then keeps (almost) everything, so joint training starts as the vanilla detector and
+    learns to black out, instead of starting blind on a random mask.
+    """
+
+    def __init__(self, num_classes: int = 2, foreground_bias: float = 0.0):
         super().__init__()
         self.learning_to_downsample = nn.Sequential(
             ConvNormAct(3, 32, 3, 2, activation=nn.ReLU),
@@ -83,6 +88,8 @@ class FastSCNN(nn.Module):
             nn.Dropout(0.1),
             nn.Conv2d(128, num_classes, 1),
         )
+        with torch.no_grad():
+            self.classifier[-1].bias[1:] += foreground_bias
 
     def forward(self, x: torch.Tensor, output_size: tuple[int, int] | None = None) -> torch.Tensor:
         high = self.learning_to_downsample(x)
