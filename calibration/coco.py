@@ -19,6 +19,8 @@ from pycocotools import mask as mask_utils
 from calibration.errors import DatasetError
 from calibration.images import read_image
 
+SIZE_BUCKETS = {"small": 32**2, "medium": 96**2, "large": math.inf}  # COCO's object-area upper bounds
+
 
 @dataclass
 class Sample:

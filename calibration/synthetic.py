@@ -28,6 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from calibration import scene
+from calibration.coco import SIZE_BUCKETS
 
 GENERATOR_VERSION = 1
 DEFAULT_SEED = 0
@@ -38,7 +39,6 @@ VIDEO_FILE = "video.mp4"
 VIDEO_FPS = 15
 VIDEO_SIZE = (416, 320)  # width, height; even sides for the mp4v encoder
 JPEG_QUALITY = 92
-SIZE_BUCKETS = {"small": 32**2, "medium": 96**2, "large": math.inf}  # COCO's area upper bounds
 
 
 def default_dataset_dir() -> Path:

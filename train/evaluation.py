@@ -19,9 +19,9 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
-from calibration.coco import CocoDetection, Sample
+from calibration.coco import SIZE_BUCKETS, CocoDetection, Sample
 from calibration.errors import DatasetError
-from calibration.synthetic import SIZE_BUCKETS, split_files
+from calibration.synthetic import split_files
 from models.accounting import ReportAccumulator
 from models.detector import BABODetector
 from models.postprocess import detect
