@@ -44,8 +44,7 @@ def save_checkpoint(path: str | os.PathLike, model: BABODetector, config: ModelC
     """Writes atomically: a temporary file in the same folder, then rename."""
     if len(class_names) != config.num_classes:
         raise ValueError(f"{len(class_names)} class names for {config.num_classes} classes")
-    path = Path(path)
-    payload = {
+    return _write(Path(path), {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "config": config.to_dict(),
@@ -54,7 +53,19 @@ def save_checkpoint(path: str | os.PathLike, model: BABODetector, config: ModelC
         "od_state": model.detector.state_dict(),
         "metadata": dict(metadata or {}),
         "training_state": training_state,
-    }
+    })
+
+
+def release_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, note: dict | None = None) -> Path:
+    """A copy for shipping: same weights, config and metadata (plus `note`), without the
+    optimizer state that only --resume needs (it triples the size with Adam)."""
+    data = _read(Path(src))
+    data["training_state"] = None
+    data["metadata"] = {**(data.get("metadata") or {}), **(note or {})}
+    return _write(Path(dst), data)
+
+
+def _write(path: Path, payload: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

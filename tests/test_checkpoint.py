@@ -139,3 +139,15 @@ def test_save_failure_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(tmp_path / "m.pt", model, CONFIG, NAMES)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_release_drops_the_optimizer_state_only(saved, tmp_path):
+    _, path = saved
+    out = tmp_path / "release" / "model.pt"
+    from models.checkpoint import release_checkpoint
+    release_checkpoint(path, out, note={"released": "test"})
+    original, shipped = load_checkpoint(path), load_checkpoint(out)
+    assert shipped.training_state is None and original.training_state is not None
+    assert shipped.metadata == {"epochs": 3, "released": "test"}
+    assert all(torch.equal(v, shipped.od_state[k]) for k, v in original.od_state.items())
+    load_model(out)

@@ -1,0 +1,33 @@
+"""Ship a trained checkpoint: `python train/release.py runs/babo/last.pt models/zoo/babo.pt`.
+
+Keeps weights, config, class names and training metadata (history, command, time), drops the
+optimizer state that only --resume needs.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models.checkpoint import CheckpointError, release_checkpoint
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("src")
+    parser.add_argument("dst")
+    args = parser.parse_args(argv)
+    try:
+        out = release_checkpoint(args.src, args.dst, note={"released_from": Path(args.src).name})
+    except (CheckpointError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{out} ({out.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
