@@ -16,20 +16,26 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def static_hw(shape) -> tuple[int, int]:
+    """Spatial size as Python ints: under the ONNX tracer `x.shape` holds 0-d tensors, which
+    hash by identity; the pyramid's levels are static for a static input size anyway."""
+    return int(shape[-2]), int(shape[-1])
+
+
 class MaskPyramid:
     """A binary mask and its ceil-mode 2x max-pooled reductions down to 1x1."""
 
     def __init__(self, mask: torch.Tensor):
         if mask.dim() != 4 or mask.shape[1] != 1:
             raise ValueError(f"mask must be (N, 1, H, W), got {tuple(mask.shape)}")
-        self.levels = {tuple(mask.shape[-2:]): mask}
+        self.levels = {static_hw(mask.shape): mask}
         while mask.shape[-2] > 1 or mask.shape[-1] > 1:
             mask = F.max_pool2d(mask, 2, 2, ceil_mode=True)
-            self.levels[tuple(mask.shape[-2:])] = mask
+            self.levels[static_hw(mask.shape)] = mask
 
     def at(self, hw: tuple[int, int]) -> torch.Tensor:
         try:
-            return self.levels[tuple(hw)]
+            return self.levels[static_hw(hw)]
         except KeyError:
             raise ValueError(f"no mask level of shape {tuple(hw)}; levels are {list(self.levels)}: "
                              "the detector reduced a feature map by something else than "

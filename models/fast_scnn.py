@@ -10,21 +10,31 @@ bin counts that do not divide the feature size.
 """
 from __future__ import annotations
 
+import functools
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.blackout import static_hw
 from models.layers import ConvNormAct, depthwise_separable
 from models.mobilenetv2 import InvertedResidual
 
 
-def adaptive_avg_pool_matrix(size: int, bins: int) -> torch.Tensor:
-    """(bins, size) averaging matrix with the bin edges of torch's adaptive_avg_pool."""
-    m = torch.zeros(bins, size)
+@functools.lru_cache(maxsize=64)
+def _pool_matrix(size: int, bins: int) -> np.ndarray:
+    m = np.zeros((bins, size), np.float32)
     for i in range(bins):
         start, end = (i * size) // bins, -(-((i + 1) * size) // bins)
         m[i, start:end] = 1.0 / (end - start)
     return m
+
+
+def adaptive_avg_pool_matrix(size: int, bins: int) -> torch.Tensor:
+    """(bins, size) averaging matrix with the bin edges of torch's adaptive_avg_pool. Built in
+    numpy from a static size, so an exported graph holds it as a constant."""
+    return torch.from_numpy(_pool_matrix(int(size), bins))
 
 
 class PyramidPooling(nn.Module):
@@ -37,7 +47,7 @@ class PyramidPooling(nn.Module):
                                    activation=nn.ReLU)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
+        h, w = static_hw(x.shape)
         outs = [x]
         for bins, branch in zip(self.bins, self.branches):
             ph = adaptive_avg_pool_matrix(h, bins).to(x)

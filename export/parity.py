@@ -1,0 +1,153 @@
+"""Does an exported model compute what the PyTorch model computes? Same images, both outputs.
+
+A runner maps one (1, 3, H, W) float32 batch to {output name: array}; runners exist for the
+PyTorch model (through the very ExportGraph that was exported), onnxruntime and OpenVINO.
+Images are run one at a time so graphs with a static batch of 1 compare too.
+
+Detections are compared per image and label: each reference detection is paired with the
+remaining candidate detection of its label whose box is closest, if within BOX_MATCH_PX. Blacked-out
+background gives many anchors bit-identical scores, and runtimes break such ties differently
+at the top-k and NMS cut-offs (both choices are right), so a reference detection left without
+a partner counts as `unmatched_tied` when another reference detection of its image and label
+has the same score, and as `unmatched` (a real difference) otherwise. Masks are compared pixel
+by pixel.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from export.onnx_export import INPUT_NAME, ExportGraph
+from models.detector import BABODetector
+
+Outputs = dict[str, np.ndarray]
+BOX_MATCH_PX = 0.5
+SCORE_TIE = 1e-6
+Runner = Callable[[np.ndarray], Outputs]
+
+
+def torch_runner(model: BABODetector) -> Runner:
+    graph = ExportGraph(model)
+
+    def run(images: np.ndarray) -> Outputs:
+        with torch.no_grad():
+            values = graph(torch.from_numpy(images))
+        return {name: value.numpy() for name, value in zip(graph.output_names, values)}
+    return run
+
+
+def onnxruntime_runner(onnx_path: str | os.PathLike) -> Runner:
+    import onnxruntime as ort
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    names = [output.name for output in session.get_outputs()]
+
+    def run(images: np.ndarray) -> Outputs:
+        return dict(zip(names, session.run(None, {INPUT_NAME: images})))
+    return run
+
+
+def openvino_runner(compiled) -> Runner:
+    """`compiled`: an openvino.CompiledModel."""
+    def run(images: np.ndarray) -> Outputs:
+        results = compiled(images)
+        return {output.get_any_name(): results[output] for output in compiled.outputs}
+    return run
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    score: float
+    box_px: float
+    # Pixels whose two upsampled OMG logits are equal to rounding may flip their argmax.
+    mask_fraction: float
+    same_detections: bool = True  # same count, and every untied detection has its counterpart
+
+
+# Same float32 graph on another runtime: only summation order differs.
+FP32_TOLERANCE = Tolerance(score=1e-4, box_px=1e-2, mask_fraction=1e-4)
+# FP16 / INT8: differences are expected and reported; only an exactly binary mask is required.
+BINARY_MASK_ONLY = Tolerance(score=np.inf, box_px=np.inf, mask_fraction=1.0, same_detections=False)
+
+
+@dataclass
+class Parity:
+    images: int = 0
+    reference_detections: int = 0
+    candidate_detections: int = 0
+    matched: int = 0
+    unmatched_tied: int = 0  # tie broken the other way: another detection has the same score
+    unmatched: int = 0
+    max_score_diff: float = 0.0  # over matched pairs
+    max_box_diff: float = 0.0  # over matched pairs, input pixels
+    mask_pixels: int = 0
+    mask_mismatches: int = 0
+    mask_intersection: int = 0
+    mask_union: int = 0
+    mask_non_binary: int = 0  # candidate mask values other than 0 and 1
+
+    @property
+    def mask_iou(self) -> float:
+        return self.mask_intersection / self.mask_union if self.mask_union else 1.0
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "mask_iou": self.mask_iou}
+
+    def violations(self, tolerance: Tolerance) -> list[str]:
+        """What exceeds `tolerance`, one phrase each; empty when the candidate is equivalent."""
+        checks = [
+            (tolerance.same_detections and self.candidate_detections != self.reference_detections,
+             f"{self.candidate_detections} detections instead of {self.reference_detections}"),
+            (tolerance.same_detections and self.unmatched > 0, f"{self.unmatched} detections without a counterpart"),
+            (self.max_score_diff > tolerance.score, f"score differs by {self.max_score_diff:.3g}"),
+            (self.max_box_diff > tolerance.box_px, f"box differs by {self.max_box_diff:.3g} px"),
+            (self.mask_mismatches > tolerance.mask_fraction * self.mask_pixels,
+             f"{self.mask_mismatches} of {self.mask_pixels} mask pixels differ"),
+            (self.mask_non_binary > 0, f"{self.mask_non_binary} mask values are neither 0 nor 1"),
+        ]
+        return [message for failed, message in checks if failed]
+
+
+def compare(reference: Runner, candidate: Runner, images: Iterable[np.ndarray]) -> Parity:
+    """Runs both on every (3, H, W) or (1, 3, H, W) image and accumulates their differences."""
+    parity = Parity()
+    for image in images:
+        batch = np.ascontiguousarray(image.reshape(1, *image.shape[-3:]), dtype=np.float32)
+        expected, actual = reference(batch), candidate(batch)
+        parity.images += 1
+        _compare_detections(parity, expected["detections"], actual["detections"])
+        if "mask" in expected:
+            _compare_masks(parity, expected["mask"], actual["mask"])
+    return parity
+
+
+def _compare_detections(parity: Parity, expected: np.ndarray, actual: np.ndarray) -> None:
+    parity.reference_detections += len(expected)
+    parity.candidate_detections += len(actual)
+    for label in np.unique(expected[:, 1]):
+        of_label = expected[expected[:, 1] == label]
+        remaining = actual[actual[:, 1] == label]
+        for row in of_label:
+            box_diffs = np.abs(remaining[:, 3:7] - row[3:7]).max(axis=1)
+            if len(box_diffs) and box_diffs.min() <= BOX_MATCH_PX:
+                best = int(np.argmin(box_diffs))
+                parity.matched += 1
+                parity.max_box_diff = max(parity.max_box_diff, float(box_diffs[best]))
+                parity.max_score_diff = max(parity.max_score_diff, float(abs(remaining[best, 2] - row[2])))
+                remaining = np.delete(remaining, best, axis=0)
+            elif np.count_nonzero(np.abs(of_label[:, 2] - row[2]) <= SCORE_TIE) > 1:
+                parity.unmatched_tied += 1
+            else:
+                parity.unmatched += 1
+
+
+def _compare_masks(parity: Parity, expected: np.ndarray, actual: np.ndarray) -> None:
+    parity.mask_non_binary += int((~np.isin(actual, (0, 1))).sum())
+    expected, actual = expected > 0.5, actual > 0.5
+    parity.mask_pixels += expected.size
+    parity.mask_mismatches += int((expected != actual).sum())
+    parity.mask_intersection += int((expected & actual).sum())
+    parity.mask_union += int((expected | actual).sum())

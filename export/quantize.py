@@ -1,0 +1,115 @@
+"""NNCF post-training INT8 of the FP32 OpenVINO model, with the mask kept exact.
+
+By default NNCF 3.4 quantizes both inputs of every `Multiply`: it puts a FakeQuantize (range
+[0, 1]) on the argmax's `Convert` output where it feeds the first masking Multiply, and one
+before the first `MaxPool` of the mask pyramid, shared by all the others. The mask must reach
+every conv input exactly as the argmax made it, so the ignored scope (node names, computed from
+the graph by `export.mask_graph`) holds the mask path from the OMG's last conv through the
+argmax up to and including the masking Multiplies, and the post-processing (scores, top-k,
+box decoding, NMS). The quantized model is checked before it is returned. The data side (calibration images) and the ignored
+scope are separate functions so `nncf.quantize_with_accuracy_control` can reuse both.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import nncf
+import numpy as np
+import openvino as ov
+
+from calibration.coco import CocoDetection
+from calibration.folder import ImageFolder
+from calibration.synthetic import ensure_default_dataset, split_files
+from export.mask_graph import (fake_quantizes_on_mask, find_mask_path, output_node,
+                               postprocessing_nodes, quantizers_not_keeping_zero)
+from models.preprocess import to_model_input
+
+PRESETS = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}
+
+
+class MaskQuantizedError(RuntimeError):
+    """The INT8 model would no longer black out exactly."""
+
+
+class CalibrationImages(Sequence[np.ndarray]):
+    """Up to `count` model inputs (1, 3, H, W) float32, read when indexed (300 inputs at 512 px
+    would hold 0.9 GB): the images of `image_folder`, else the calib split of the built-in
+    synthetic dataset (generated on first use)."""
+
+    def __init__(self, input_hw: tuple[int, int], count: int, image_folder: str | os.PathLike | None = None):
+        self.input_hw = tuple(input_hw)
+        if image_folder is not None:
+            folder = ImageFolder(image_folder)
+            self._read_rgb = lambda i: folder[i][1]
+            available = len(folder)
+        else:
+            coco = CocoDetection(*split_files(ensure_default_dataset(), "calib"))
+            self._read_rgb = lambda i: coco[i].image
+            available = len(coco)
+        self._count = min(count, available)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        if not 0 <= index < self._count:
+            raise IndexError(index)
+        return to_model_input(self._read_rgb(index), self.input_hw)[None]
+
+
+def ignored_scope(model: ov.Model) -> nncf.IgnoredScope:
+    """The mask path (logits upsampling -> argmax -> Convert -> MaxPool pyramid -> masking
+    Multiplies) and the post-processing, by node name.
+
+    The logits side is needed too: NNCF leaves the ops between the last conv and a TopK alone
+    only while it finds them from the outputs back to an un-ignored TopK; once the argmax is in
+    the scope, it quantizes the OMG logits in front of it. Names rather than types (Multiply
+    and TopK also occur in the post-processing, MaxPool could occur in a backbone) or a Subgraph
+    (NNCF expands it into all simple paths between its ends, which is this same set); NNCF
+    validates every name (validate=True)."""
+    nodes = list(postprocessing_nodes(model))
+    if _has_output(model, "mask"):
+        nodes += find_mask_path(model).nodes()
+    return nncf.IgnoredScope(names=sorted({node.get_friendly_name() for node in nodes}), validate=True)
+
+
+@dataclass
+class Int8Model:
+    model: ov.Model
+    ignored_scope: nncf.IgnoredScope
+
+
+def quantize_int8(model: ov.Model, images: Sequence[np.ndarray], preset: str = "performance",
+                  subset_size: int = 300, scope: nncf.IgnoredScope | None = None) -> Int8Model:
+    """INT8 `model` calibrated on `images` ((1, 3, H, W) model inputs). `scope` defaults to
+    `ignored_scope(model)`; another scope is for experiments and is not checked."""
+    protect = scope is None
+    scope = ignored_scope(model) if protect else scope
+    quantized = nncf.quantize(model, nncf.Dataset(images), preset=PRESETS[preset],
+                              subset_size=min(subset_size, len(images)), ignored_scope=scope)
+    if protect:
+        check_mask_exact(quantized)
+    return Int8Model(quantized, scope)
+
+
+def check_mask_exact(model: ov.Model) -> None:
+    """Raises MaskQuantizedError if a FakeQuantize sits on the mask path or a conv input
+    quantizer would not map the blacked-out zeros to zero."""
+    if not _has_output(model, "mask"):
+        return
+    on_mask = fake_quantizes_on_mask(model)
+    if on_mask:
+        raise MaskQuantizedError(f"FakeQuantize on the mask path: {', '.join(on_mask)}")
+    moved_zero = quantizers_not_keeping_zero(model)
+    if moved_zero:
+        raise MaskQuantizedError(f"conv input quantizers that do not keep 0: {', '.join(moved_zero)}")
+
+
+def _has_output(model: ov.Model, name: str) -> bool:
+    try:
+        output_node(model, name)
+    except ValueError:
+        return False
+    return True

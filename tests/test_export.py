@@ -1,0 +1,202 @@
+"""ONNX / OpenVINO IR / NNCF INT8 export: parity with PyTorch, metadata, and the exact mask."""
+import json
+from types import SimpleNamespace
+
+import nncf
+import numpy as np
+import onnx
+import openvino as ov
+import openvino.opset13 as ops
+import pytest
+import torch
+
+from export import mask_graph, openvino_ir, parity, quantize
+from export.onnx_export import anchors_path, export_onnx
+from export.pipeline import REPORT_FILE
+from export.to_ir import main as to_ir_main
+from models.builders import ModelConfig, build_model
+from models.checkpoint import save_checkpoint
+from models.profiling import network_convs
+
+CONFIG = ModelConfig(num_classes=3, input_size=(128, 128), omg_size=(64, 64), width=0.5)
+CLASS_NAMES = ["red disc", "square", "triangle"]
+
+
+def balanced_omg(model, images):
+    """Shifts the OMG's foreground bias so about half the pixels of `images` are foreground (a
+    random OMG keeps almost everything, or almost nothing with a zero bias), with the decision
+    threshold in the widest gap between the pixels' logit differences: a threshold on a pixel
+    would make exact ties, which runtimes may break either way."""
+    with torch.no_grad():
+        model.omg.classifier[-1].bias.zero_()
+        logits = model(torch.from_numpy(np.concatenate(images))).omg_logits
+        margins = np.sort((logits[:, 1] - logits[:, 0]).flatten().numpy())
+        middle = margins[int(0.3 * margins.size):int(0.7 * margins.size)]
+        widest = int(np.argmax(np.diff(middle)))
+        model.omg.classifier[-1].bias[1] = -float(middle[widest] + middle[widest + 1]) / 2
+    return model
+
+
+@pytest.fixture(scope="module")
+def images(tiny_dataset):
+    calib = quantize.CalibrationImages(CONFIG.input_size, 4, tiny_dataset / "images" / "calib")
+    return [calib[i] for i in range(len(calib))]
+
+
+@pytest.fixture(scope="module")
+def model(images):
+    torch.manual_seed(0)
+    return balanced_omg(build_model(CONFIG).eval(), images)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, model):
+    out = tmp_path_factory.mktemp("export")
+    onnx_path = export_onnx(model, CONFIG.input_size, out / "model.onnx")
+    ov_model = openvino_ir.convert(onnx_path)
+    info = openvino_ir.model_info(model, CONFIG, CLASS_NAMES)
+    openvino_ir.set_model_info(ov_model, info)
+    xml = openvino_ir.save_ir(ov_model, out / "model_fp32.xml", "fp32")
+    return SimpleNamespace(onnx_path=onnx_path, ov_model=ov_model, xml=xml, info=info)
+
+
+@pytest.fixture(scope="module")
+def int8(exported, images):
+    return quantize.quantize_int8(exported.ov_model, images, subset_size=len(images))
+
+
+def assert_meaningful(result: parity.Parity):
+    """The comparison saw detections and a mask with both values."""
+    assert result.matched > 0
+    assert 0 < result.mask_intersection < result.mask_pixels
+
+
+def test_onnx_graph_is_valid_with_named_io(exported):
+    graph = onnx.load(str(exported.onnx_path))
+    onnx.checker.check_model(graph)
+    assert [i.name for i in graph.graph.input] == ["image"]
+    assert [o.name for o in graph.graph.output] == ["detections", "mask"]
+    assert {"ArgMax", "NonMaxSuppression"} <= {node.op_type for node in graph.graph.node}
+
+
+def test_onnxruntime_matches_pytorch(model, exported, images):
+    result = parity.compare(parity.torch_runner(model), parity.onnxruntime_runner(exported.onnx_path), images)
+    assert_meaningful(result)
+    assert result.violations(parity.FP32_TOLERANCE) == []
+
+
+def test_openvino_fp32_matches_pytorch(model, exported, images):
+    compiled = openvino_ir.compile_fp32(exported.xml)
+    result = parity.compare(parity.torch_runner(model), parity.openvino_runner(compiled), images)
+    assert_meaningful(result)
+    assert result.violations(parity.FP32_TOLERANCE) == []
+
+
+def test_model_info_round_trips_through_the_xml(model, exported):
+    info = openvino_ir.read_model_info(ov.Core().read_model(str(exported.xml)))
+    assert info == {**exported.info, "precision": "fp32"}
+    assert info["labels"] == "red_disc square triangle"
+    assert (info["input_height"], info["mask_input_width"]) == ("128", "64")
+    assert info["reverse_input_channels"] == "False" and info["color_space"] == "RGB"
+    assert ModelConfig.from_dict(json.loads(info["model_config"])) == CONFIG
+    masked = json.loads(info["masked_convs"])
+    assert masked == [{"name": name, "block": block} for net, name, block, _ in network_convs(model) if net == "od"]
+
+
+def test_mask_path_runs_from_the_argmax_to_every_detector_conv(model, exported):
+    path = mask_graph.find_mask_path(exported.ov_model)
+    assert path.source.get_type_name() == "TopK"
+    assert {node.get_type_name() for node in path.carriers} == {"Convert", "MaxPool"}
+    masked_convs = {target.get_node().get_friendly_name()
+                    for multiply, _ in path.multiplies for target in multiply.output(0).get_target_inputs()
+                    if target.get_node().get_type_name() in mask_graph.CONVOLUTIONS}
+    assert all(target.get_node().get_type_name() in mask_graph.CONVOLUTIONS
+               for multiply, _ in path.multiplies for target in multiply.output(0).get_target_inputs())
+    assert len(masked_convs) == sum(net == "od" for net, *_ in network_convs(model))
+    post = {node.get_type_name() for node in mask_graph.postprocessing_nodes(exported.ov_model)}
+    assert {"NonMaxSuppression", "TopK", "Softmax"} <= post and not post & set(mask_graph.CONVOLUTIONS)
+
+
+def test_int8_keeps_the_mask_exact(exported, int8, images):
+    path = mask_graph.find_mask_path(exported.ov_model)
+    assert {node.get_friendly_name() for node in path.nodes()} <= set(int8.ignored_scope.names)
+    assert mask_graph.fake_quantizes_on_mask(int8.model) == []
+    assert mask_graph.quantizers_not_keeping_zero(int8.model) == []
+    # The scope does not cost the detector its INT8 convs: each masked conv reads a FakeQuantize.
+    masked = mask_graph.find_mask_path(int8.model).multiplies
+    assert all(target.get_node().get_type_name() == "FakeQuantize"
+               for multiply, _ in masked for target in multiply.output(0).get_target_inputs())
+    fp32 = parity.openvino_runner(openvino_ir.compile_fp32(exported.xml))
+    result = parity.compare(fp32, parity.openvino_runner(ov.Core().compile_model(int8.model, "CPU")), images)
+    assert result.mask_non_binary == 0
+    assert result.mask_iou > 0.8
+
+
+def test_graph_check_catches_nncf_default_quantizing_the_mask(exported, images):
+    unprotected = quantize.quantize_int8(exported.ov_model, images, subset_size=len(images),
+                                         scope=nncf.IgnoredScope())
+    assert mask_graph.fake_quantizes_on_mask(unprotected.model)
+    with pytest.raises(quantize.MaskQuantizedError, match="mask path"):
+        quantize.check_mask_exact(unprotected.model)
+
+
+def masking_graph(fq_on_mask: bool, conv_input_range: tuple[float, float]) -> ov.Model:
+    """argmax -> Convert -> [FakeQuantize] -> Multiply -> FakeQuantize -> Convolution, by hand."""
+    def fake_quantize(x, low, high):
+        low, high = ops.constant(np.float32(low)), ops.constant(np.float32(high))
+        return ops.fake_quantize(x, low, high, low, high, 256)
+    logits = ops.parameter([1, 2, 8, 8], np.float32, name="logits")
+    features = ops.parameter([1, 4, 8, 8], np.float32, name="features")
+    mask = ops.convert(ops.topk(logits, ops.constant(np.int64(1)), 1, "max", "value").output(1), np.float32)
+    multiplier = fake_quantize(mask, 0.0, 1.0) if fq_on_mask else mask
+    masked = fake_quantize(ops.multiply(features, multiplier), *conv_input_range)
+    conv = ops.convolution(masked, ops.constant(np.ones((4, 4, 1, 1), np.float32)), [1, 1], [0, 0], [0, 0], [1, 1])
+    mask.output(0).set_names({"mask"})
+    return ov.Model([ops.result(conv), ops.result(mask)], [logits, features])
+
+
+def test_graph_checks_on_hand_built_graphs():
+    assert mask_graph.fake_quantizes_on_mask(masking_graph(False, (-1.0, 127 / 128))) == []
+    assert mask_graph.quantizers_not_keeping_zero(masking_graph(False, (-1.0, 127 / 128))) == []
+    assert len(mask_graph.fake_quantizes_on_mask(masking_graph(True, (0.0, 1.0)))) == 1
+    assert len(mask_graph.quantizers_not_keeping_zero(masking_graph(False, (0.1, 1.0)))) == 1
+    assert len(mask_graph.quantizers_not_keeping_zero(masking_graph(False, (-1.0, 1.0)))) == 1
+
+
+def test_raw_export_with_dynamic_batch(tmp_path, model, images):
+    path = export_onnx(model, CONFIG.input_size, tmp_path / "raw.onnx", dynamic_batch=True, raw=True)
+    import onnxruntime as ort
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    batch = np.concatenate(images[:3])
+    cls, box, mask = session.run(["cls_logits", "box_deltas", "mask"], {"image": batch})
+    with torch.no_grad():
+        expected = model(torch.from_numpy(batch))
+    np.testing.assert_allclose(cls, expected.cls_logits.numpy(), atol=1e-4)
+    np.testing.assert_allclose(box, expected.box_deltas.numpy(), atol=1e-4)
+    np.testing.assert_array_equal(mask, expected.mask.numpy())
+    np.testing.assert_array_equal(np.load(anchors_path(path)), expected.anchors.numpy())
+
+
+def test_vanilla_model_exports_without_mask(tmp_path, images):
+    config = ModelConfig(num_classes=3, input_size=(128, 128), width=0.5, omg=False)
+    vanilla = build_model(config).eval()
+    ov_model = openvino_ir.convert(export_onnx(vanilla, (128, 128), tmp_path / "vanilla.onnx"))
+    assert [output.get_any_name() for output in ov_model.outputs] == ["detections"]
+    scope = quantize.ignored_scope(ov_model)
+    assert any("NonMaxSuppression" in node.get_type_name() for node in mask_graph.postprocessing_nodes(ov_model))
+    assert scope.names and "mask_input_height" not in openvino_ir.model_info(vanilla, config, CLASS_NAMES)
+    quantize.check_mask_exact(ov_model)  # nothing to check, nothing raised
+
+
+def test_to_ir_cli_writes_every_artifact(tmp_path, tiny_dataset, model):
+    ckpt = save_checkpoint(tmp_path / "tiny.pt", model, CONFIG, CLASS_NAMES)
+    code = to_ir_main([str(ckpt), "--calib-images", str(tiny_dataset / "images" / "calib"),
+                       "--calib-count", "2", "--parity-images", "2"])
+    out = tmp_path / "tiny_ir"
+    assert code == 0
+    for name in ("model.onnx", "model_fp32.xml", "model_fp16.xml", "model_int8.xml", "model_int8.bin"):
+        assert (out / name).is_file()
+    report = json.loads((out / REPORT_FILE).read_text())
+    assert report["failures"] == {} and set(report["parity"]) == {"onnx", "fp32", "fp16", "int8"}
+    info = openvino_ir.read_model_info(ov.Core().read_model(str(out / "model_int8.xml")))
+    assert info["precision"] == "int8" and json.loads(info["quantization"])["calibration_images"] == 2
