@@ -178,7 +178,11 @@ def train_step(config: TrainConfig, model: BABODetector, forward, optimizer: tor
     total = sum(losses.values())
     total.backward()
     if config.grad_clip:
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.grad_clip)
+        # Per network: the surrogate gradient reaching the OMG through the mask is ~10x the
+        # detector's; one global norm would shrink the detector's steps to a few percent.
+        for part in (model.omg, model.detector):
+            if part is not None:
+                torch.nn.utils.clip_grad_norm_([p for p in part.parameters() if p.requires_grad], config.grad_clip)
     optimizer.step()
     return {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in losses.items()}}
 
