@@ -17,13 +17,7 @@ from calibration.errors import DatasetError
 from export.pipeline import REPORT_FILE, ExportOptions, export_all
 from export.quantize import PRESETS, CalibrationImages, MaskQuantizedError
 from models.checkpoint import CheckpointError, load_model
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+from models.cli import positive_int
 
 
 def main(argv: list[str] | None = None) -> int:

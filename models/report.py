@@ -7,10 +7,7 @@ configuration of the BABO paper's Tables 4-5 next to the paper's figure.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -22,6 +19,7 @@ import torch
 from models.accounting import format_report
 from models.builders import DETECTORS, ModelConfig, build_model
 from models.checkpoint import CheckpointError, load_model
+from models.cli import parse_size, write_json
 from models.preprocess import to_model_input
 from models.profiling import mac_report
 
@@ -38,19 +36,6 @@ PAPER_GMAC = [
 ]
 FAST_SCNN_ROWS = [("Fast-SCNN OMG @256", (256, 256), 2.37 - 2.17, "Table 4 (2.37 - 2.17)"),
                   ("Fast-SCNN OMG @512", (512, 512), None, "Table 3 gives GMAC* only")]
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'512' -> (512, 512); '800x1216' -> (800, 1216) as height x width."""
-    try:
-        parts = [int(p) for p in text.lower().split("x")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be N or HxW, got {text!r}") from None
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or min(parts) < 32:
-        raise argparse.ArgumentTypeError(f"size must be N or HxW with sides >= 32, got {text!r}")
-    return parts[0], parts[1]
 
 
 def default_image() -> np.ndarray:
@@ -94,19 +79,6 @@ def format_paper_table(rows: list[dict]) -> str:
         diff = "-" if r["diff"] is None else f"{100 * r['diff']:+.1f}%"
         lines.append(f"| {r['model']} | {r['gmac']:.3f} | {paper} | {diff} | {r['source']} |")
     return "\n".join(lines)
-
-
-def write_json(path: Path, data) -> None:
-    """Atomic JSON write: temporary file in the target folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def main(argv: list[str] | None = None) -> int:

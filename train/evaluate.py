@@ -16,16 +16,9 @@ if __package__ in (None, ""):
 from calibration.errors import DatasetError
 from calibration.synthetic import ensure_default_dataset
 from models.checkpoint import CheckpointError, load_model
-from models.report import write_json
+from models.cli import positive_int, write_json
 from train.evaluation import check_classes, evaluate, format_table, open_dataset, resolve_mask_source
 from train.masks import check_source
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:

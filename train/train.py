@@ -19,7 +19,7 @@ from dataclasses import replace
 
 from calibration.errors import DatasetError
 from models.checkpoint import CheckpointError
-from models.report import parse_size
+from models.cli import parse_size
 from train.engine import MODES, TrainConfig, train
 from train.losses import OMGLossConfig
 
