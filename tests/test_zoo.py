@@ -6,7 +6,6 @@ function of seed, split and index), so these run the shipped models on real val 
 from pathlib import Path
 
 import pytest
-import torch
 
 from calibration.synthetic import read_manifest
 from models.checkpoint import load_model

@@ -21,7 +21,6 @@ from calibration.errors import DatasetError
 from models.checkpoint import CheckpointError
 from models.cli import parse_size
 from train.engine import MODES, TrainConfig, train
-from train.losses import OMGLossConfig
 
 
 def parse_ohnem(text: str) -> float:
