@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import openvino as ov
+import torch
 
 from models.builders import ModelConfig
 from models.detector import BABODetector
-from models.profiling import network_convs
+from models.profiling import profile
 
 MODEL_INFO = "model_info"
 MODEL_TYPE = "babo_ssd"
@@ -29,8 +31,10 @@ def convert(onnx_path: str | os.PathLike) -> ov.Model:
     return ov.convert_model(str(onnx_path))
 
 
-def model_info(model: BABODetector, config: ModelConfig, class_names: list[str]) -> dict[str, str]:
-    """The `model_info` entries of an exported BABO model (precision is added when saving)."""
+def model_info(model: BABODetector, config: ModelConfig, class_names: list[str],
+               ov_model: ov.Model) -> dict[str, str]:
+    """The `model_info` entries of `ov_model`, exported from `model` (precision is added when
+    saving)."""
     info = {
         "model_type": MODEL_TYPE,
         "format": IR_FORMAT,
@@ -55,10 +59,80 @@ def model_info(model: BABODetector, config: ModelConfig, class_names: list[str])
     if model.omg is not None:
         omg_hw = config.omg_size or config.input_size
         info["mask_input_height"], info["mask_input_width"] = str(omg_hw[0]), str(omg_hw[1])
-        info["masked_convs"] = json.dumps([{"name": name, "block": block}
-                                           for network, name, block, _ in network_convs(model)
-                                           if network == "od"])
+    info["convs"] = json.dumps(conv_table(model, ov_model, config.input_size))
     return info
+
+
+def conv_table(model: BABODetector, ov_model: ov.Model, input_hw: tuple[int, int]) -> list[dict]:
+    """Every conv of the IR as a layer of the PyTorch MAC report, in the PyTorch execution
+    order: {"node": IR friendly name, "name", "network", "block"} (names and blocks as
+    `models.profiling` gives them), so that the runtime's counters and report need nothing
+    but the .xml and produce rows that diff line by line with the PyTorch report.
+
+    The TorchScript exporter names each node by the module scope it ran in, so the IR node
+    is found from the module path; a module called from another module's forward (the
+    tapped expansion of an SSDLite stage) gets a shorter scope, matched as a sub-sequence of
+    the path with the same conv shape. Every conv must be matched exactly once."""
+    with torch.no_grad():
+        layers = [count.layer for count in profile(model, torch.zeros(1, 3, *input_hw)).counts[0]]
+    nodes = [op for op in ov_model.get_ordered_ops() if op.get_type_name() in ("Convolution", "GroupConvolution")]
+    if len(nodes) != len(layers):
+        raise ValueError(f"the IR has {len(nodes)} convolutions, the model ran {len(layers)}")
+    scopes: dict[str, list[ov.Node]] = {}
+    for node in sorted(nodes, key=lambda n: _call_index(n.get_friendly_name())):
+        scopes.setdefault(_module_path(node.get_friendly_name()), []).append(node)
+    prefixes = {"omg": "omg", "od": "detector"}
+    table = []
+    for layer in layers:
+        module, _, repeat = layer.name.partition("#")
+        path = f"{prefixes[layer.network]}.{module}"
+        candidates = [scope for scope, found in scopes.items() if found and _same_conv(found[0], layer)
+                      and (scope == path or _is_subsequence(scope.split("."), path.split(".")))]
+        exact = [scope for scope in candidates if scope == path]
+        if len(exact or candidates) != 1:
+            raise ValueError(f"cannot find the IR convolution of {layer.network} layer {layer.name} "
+                             f"({len(candidates)} candidates)")
+        node = scopes[(exact or candidates)[0]].pop(0)
+        table.append({"node": node.get_friendly_name(), "name": layer.name, "network": layer.network,
+                      "block": layer.block})
+    return table
+
+
+def _module_path(node_name: str) -> str:
+    """'/model/omg/stage/stage.0/stage.0.1/Conv/WithoutBiases' -> 'omg.stage.0.1'."""
+    parts = node_name.strip("/").split("/")
+    if parts[-1] == "WithoutBiases":
+        parts = parts[:-1]
+    path: list[str] = []
+    for part in parts[1:-1]:  # drop the wrapper ('model') and the op name ('Conv', 'Conv_3')
+        if path and part.startswith(path[-1] + "."):
+            path[-1] = part
+        else:
+            path.append(part)
+    return ".".join(path)
+
+
+def _call_index(node_name: str) -> int:
+    """k of the op name 'Conv_k' (0 for 'Conv'): the exporter numbers repeated calls in order."""
+    match = re.search(r"/Conv(?:_(\d+))?(?:/WithoutBiases)?$", node_name)
+    return int(match.group(1) or 0) if match else 0
+
+
+def _same_conv(node: ov.Node, layer) -> bool:
+    """Channels, kernel, stride and groups of an IR conv equal those of a report layer."""
+    weights = list(node.input(1).get_partial_shape().to_shape())
+    groups = weights.pop(0) if node.get_type_name() == "GroupConvolution" else 1
+    out_channels = weights[0] * groups
+    in_shape = node.input(0).get_partial_shape()
+    return (groups == layer.groups and out_channels == layer.out_channels
+            and in_shape[1].get_length() == layer.in_channels
+            and tuple(weights[2:]) == tuple(layer.kernel)
+            and tuple(node.get_attributes()["strides"]) == tuple(layer.stride))
+
+
+def _is_subsequence(short: list[str], long: list[str]) -> bool:
+    remaining = iter(long)
+    return all(part in remaining for part in short)
 
 
 def tool_versions() -> dict[str, str]:

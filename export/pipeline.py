@@ -67,7 +67,7 @@ def export_all(model: BABODetector, checkpoint: Checkpoint, out_dir: str | os.Pa
     started = time.perf_counter()
     onnx_path = export_onnx(model, checkpoint.config.input_size, out_dir / "model.onnx", options.dynamic_batch)
     ov_model = convert(onnx_path)
-    set_model_info(ov_model, model_info(model, checkpoint.config, checkpoint.class_names))
+    set_model_info(ov_model, model_info(model, checkpoint.config, checkpoint.class_names, ov_model))
     report.seconds["export"] = time.perf_counter() - started
     stage("onnx", onnx_path, onnxruntime_runner(onnx_path))
     ir_runners = {}

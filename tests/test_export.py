@@ -16,7 +16,7 @@ from export.pipeline import REPORT_FILE
 from export.to_ir import main as to_ir_main
 from models.builders import ModelConfig, build_model
 from models.checkpoint import save_checkpoint
-from models.profiling import network_convs
+from models.profiling import network_convs, profile
 
 CONFIG = ModelConfig(num_classes=3, input_size=(128, 128), omg_size=(64, 64), width=0.5)
 CLASS_NAMES = ["red disc", "square", "triangle"]
@@ -54,7 +54,7 @@ def exported(tmp_path_factory, model):
     out = tmp_path_factory.mktemp("export")
     onnx_path = export_onnx(model, CONFIG.input_size, out / "model.onnx")
     ov_model = openvino_ir.convert(onnx_path)
-    info = openvino_ir.model_info(model, CONFIG, CLASS_NAMES)
+    info = openvino_ir.model_info(model, CONFIG, CLASS_NAMES, ov_model)
     openvino_ir.set_model_info(ov_model, info)
     xml = openvino_ir.save_ir(ov_model, out / "model_fp32.xml", "fp32")
     return SimpleNamespace(onnx_path=onnx_path, ov_model=ov_model, xml=xml, info=info)
@@ -99,8 +99,13 @@ def test_model_info_round_trips_through_the_xml(model, exported):
     assert (info["input_height"], info["mask_input_width"]) == ("128", "64")
     assert info["reverse_input_channels"] == "False" and info["color_space"] == "RGB"
     assert ModelConfig.from_dict(json.loads(info["model_config"])) == CONFIG
-    masked = json.loads(info["masked_convs"])
-    assert masked == [{"name": name, "block": block} for net, name, block, _ in network_convs(model) if net == "od"]
+    convs = json.loads(info["convs"])
+    run = profile(model, torch.zeros(1, 3, *CONFIG.input_size)).counts[0]
+    assert [(c["name"], c["network"], c["block"]) for c in convs] == [
+        (count.layer.name, count.layer.network, count.layer.block) for count in run]
+    ir_convs = {op.get_friendly_name() for op in exported.ov_model.get_ordered_ops()
+                if op.get_type_name() in mask_graph.CONVOLUTIONS}
+    assert {c["node"] for c in convs} == ir_convs
 
 
 def test_mask_path_runs_from_the_argmax_to_every_detector_conv(model, exported):
@@ -184,7 +189,7 @@ def test_vanilla_model_exports_without_mask(tmp_path, images):
     assert [output.get_any_name() for output in ov_model.outputs] == ["detections"]
     scope = quantize.ignored_scope(ov_model)
     assert any("NonMaxSuppression" in node.get_type_name() for node in mask_graph.postprocessing_nodes(ov_model))
-    assert scope.names and "mask_input_height" not in openvino_ir.model_info(vanilla, config, CLASS_NAMES)
+    assert scope.names and "mask_input_height" not in openvino_ir.model_info(vanilla, config, CLASS_NAMES, ov_model)
     quantize.check_mask_exact(ov_model)  # nothing to check, nothing raised
 
 
