@@ -1,0 +1,344 @@
+"""A babo-edge OpenVINO IR run on camera frames, torch-free (openvino, numpy, cv2, stdlib).
+
+Everything the runtime needs is in the IR: labels, input size and thresholds come from its
+`rt_info["model_info"]` (written by export/openvino_ir.py), normalisation and post-processing
+(NMS included) are inside the graph. Frames are OpenCV images (uint8 gray, BGR or BGRA); the
+graph wants RGB float 0..255 at its input size, resized without letterbox; boxes come back
+in frame pixels. Pre- and post-processing are module-level functions so that other runtime
+tools (the sparsity counters) can run an instrumented copy of the model with the same steps.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import openvino as ov
+
+from models.preprocess import to_model_input
+from runtime.devices import DeviceError, check_static_for_npu, resolve_device
+
+MODEL_INFO = "model_info"
+IR_FORMAT = "babo-edge-ir"
+SUPPORTED_FORMAT_VERSIONS = ("1",)
+HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
+RAW_OUTPUTS = ("cls_logits", "box_deltas")
+_TO_RGB = {1: cv2.COLOR_GRAY2RGB, 3: cv2.COLOR_BGR2RGB, 4: cv2.COLOR_BGRA2RGB}
+
+
+class ModelError(ValueError):
+    """The file or model is not a babo-edge IR this runtime can run."""
+
+
+class FrameError(ValueError):
+    """A frame that is not a uint8 gray, BGR or BGRA image."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The parsed `model_info` of an IR; `entries` keeps every entry as written (e.g. "convs")."""
+
+    labels: tuple[str, ...]
+    input_hw: tuple[int, int]
+    mask_input_hw: tuple[int, int] | None  # None: vanilla model, no OMG
+    confidence_threshold: float
+    precision: str | None  # "fp32", "fp16", "int8"; None for a model never saved as IR
+    model_type: str
+    format_version: int
+    entries: Mapping[str, str] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Result:
+    """Detections of one frame, best first."""
+
+    boxes: np.ndarray  # (K, 4) float32 x1, y1, x2, y2 in frame pixels
+    labels: np.ndarray  # (K,) int64, indices into `classes`
+    scores: np.ndarray  # (K,) float32, descending
+    classes: tuple[str, ...]
+    frame_hw: tuple[int, int]
+    mask: np.ndarray | None = None  # (h, w) uint8 {0, 1} at the model input size; None without OMG
+
+    @property
+    def label_names(self) -> list[str]:
+        return [self.classes[label] for label in self.labels]
+
+    @property
+    def fg_ratio(self) -> float | None:
+        """Fraction of the frame the mask keeps (None without OMG)."""
+        return None if self.mask is None else float(self.mask.mean(dtype=np.float64))
+
+    def mask_at_frame_size(self) -> np.ndarray | None:
+        """The mask resized (nearest) to the frame, e.g. to overlay it."""
+        if self.mask is None:
+            return None
+        height, width = self.frame_hw
+        return cv2.resize(self.mask, (width, height), interpolation=cv2.INTER_NEAREST)
+
+
+def to_rgb(frame: np.ndarray) -> np.ndarray:
+    """An OpenCV frame, uint8 gray (H, W) / (H, W, 1), BGR (H, W, 3) or BGRA (H, W, 4) -> (H, W, 3) RGB."""
+    if not isinstance(frame, np.ndarray):
+        raise FrameError(f"expected a frame as a numpy array, got {type(frame).__name__}")
+    if frame.dtype != np.uint8:
+        raise FrameError(f"expected a uint8 frame, got {frame.dtype} (shape {frame.shape})")
+    channels = 1 if frame.ndim == 2 else frame.shape[2] if frame.ndim == 3 else None
+    if channels not in _TO_RGB:
+        raise FrameError(f"expected a gray (H, W), BGR (H, W, 3) or BGRA (H, W, 4) frame, got shape {frame.shape}")
+    if frame.size == 0:
+        raise FrameError(f"empty frame (shape {frame.shape})")
+    return cv2.cvtColor(frame, _TO_RGB[channels])
+
+
+def preprocess(frame: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
+    """An OpenCV frame -> the graph's input (1, 3, h, w) float32 RGB 0..255."""
+    return to_model_input(to_rgb(frame), input_hw)[None]
+
+
+def postprocess(outputs: Mapping[str, np.ndarray], frame_hw: tuple[int, int], input_hw: tuple[int, int],
+                threshold: float, labels: tuple[str, ...]) -> Result:
+    """The graph's outputs for one image ({"detections": (K, 7), "mask": (1, 1, h, w)}; other
+    outputs are ignored) -> a Result with scores of at least `threshold`, boxes scaled from
+    model-input to frame pixels. Copies what it keeps, so `outputs` may be request buffers."""
+    detections = outputs["detections"]
+    detections = detections[(detections[:, 0] == 0) & (detections[:, 2] >= threshold)]
+    detections = detections[np.argsort(-detections[:, 2], kind="stable")]
+    (frame_h, frame_w), (input_h, input_w) = frame_hw, input_hw
+    scale = np.array([frame_w / input_w, frame_h / input_h] * 2, dtype=np.float32)
+    boxes = np.clip(detections[:, 3:7] * scale, 0, [frame_w, frame_h, frame_w, frame_h]).astype(np.float32)
+    mask = outputs.get("mask")
+    return Result(boxes=boxes, labels=detections[:, 1].astype(np.int64), scores=detections[:, 2].astype(np.float32),
+                  classes=tuple(labels), frame_hw=(int(frame_h), int(frame_w)),
+                  mask=None if mask is None else mask[0, 0].astype(np.uint8))
+
+
+def read_ir(xml_path: str | os.PathLike, core: ov.Core) -> ov.Model:
+    """The IR at `xml_path` (its .bin beside it), or a one-line ModelError saying what is wrong."""
+    path = Path(xml_path)
+    weights = path.with_suffix(".bin")
+    if path.suffix.lower() != ".xml":
+        raise ModelError(f"{path}: expected an OpenVINO IR .xml file (with its .bin beside it)")
+    if not path.is_file():
+        raise ModelError(f"{path}: no such file")
+    if not weights.is_file():
+        raise ModelError(f"{weights}: no such file (the weights of {path.name})")
+    # Checked first: OpenVINO would otherwise hand a stray .xml to every frontend in turn.
+    with path.open("rb") as file:
+        if b"<net " not in file.read(4096):
+            raise ModelError(f"{path}: not an OpenVINO IR (no <net> element)")
+    try:
+        return core.read_model(str(path), str(weights))
+    except RuntimeError as e:
+        raise ModelError(f"{path}: unreadable OpenVINO IR ({openvino_message(e)})") from None
+
+
+def read_model_info(model: ov.Model) -> dict[str, str]:
+    """The `model_info` entries of `model` as strings ({} when it has none)."""
+    if not model.has_rt_info([MODEL_INFO]):
+        return {}
+    return {key: model.get_rt_info([MODEL_INFO, key]).astype(str)
+            for key in model.get_rt_info([MODEL_INFO]).astype(dict)}
+
+
+def parse_model_info(entries: Mapping[str, str], source: str) -> ModelInfo:
+    """Checks the format and version, and parses what the runtime uses."""
+    if entries.get("format") != IR_FORMAT:
+        found = f"model_info format {entries['format']!r}" if "format" in entries else "no model_info format"
+        raise ModelError(f"{source}: not a babo-edge IR ({found}); export it with export/to_ir.py")
+    if entries.get("format_version") not in SUPPORTED_FORMAT_VERSIONS:
+        raise ModelError(f"{source}: babo-edge IR format version {entries.get('format_version')} is not "
+                         f"supported by this runtime (supported: {', '.join(SUPPORTED_FORMAT_VERSIONS)})")
+
+    def entry(key: str, parse: Callable[[str], Any]):
+        try:
+            return parse(entries[key])
+        except KeyError:
+            raise ModelError(f"{source}: model_info has no {key!r}") from None
+        except ValueError:
+            raise ModelError(f"{source}: model_info {key!r} = {entries[key]!r} is malformed") from None
+
+    has_mask = "mask_input_height" in entries
+    return ModelInfo(
+        labels=tuple(entry("labels", str.split)),
+        input_hw=(entry("input_height", int), entry("input_width", int)),
+        mask_input_hw=(entry("mask_input_height", int), entry("mask_input_width", int)) if has_mask else None,
+        confidence_threshold=entry("confidence_threshold", float),
+        precision=entries.get("precision"),
+        model_type=entry("model_type", str),
+        format_version=entry("format_version", int),
+        entries=dict(entries),
+    )
+
+
+def check_graph(model: ov.Model, info: ModelInfo, source: str) -> None:
+    """One image input at the metadata's size and a `detections` output; raw-mode IRs (decoded
+    outside the graph) are not supported yet."""
+    outputs = {name for port in model.outputs for name in port.get_names()}
+    if outputs & set(RAW_OUTPUTS):
+        raise ModelError(f"{source}: raw-mode IR (outputs {', '.join(RAW_OUTPUTS)}) is not supported by the "
+                         f"runtime yet; export it without raw mode (post-processing in the graph)")
+    if "detections" not in outputs:
+        raise ModelError(f"{source}: the IR has no 'detections' output (outputs: {', '.join(sorted(outputs))})")
+    if len(model.inputs) != 1:
+        raise ModelError(f"{source}: expected one image input, the IR has {len(model.inputs)}")
+    shape = model.inputs[0].get_partial_shape()
+    spatial = [shape[i].get_length() if shape[i].is_static else None for i in (2, 3)] if shape.rank.is_static else []
+    if tuple(spatial) != info.input_hw:
+        raise ModelError(f"{source}: input shape {shape} does not match model_info size {info.input_hw}")
+
+
+def compile_config(hint: str, cache_dir: str | os.PathLike | None, extra: Mapping[str, Any] | None) -> dict:
+    """Plugin properties: the performance hint, the model cache, then `extra` (which wins)."""
+    if hint.upper() not in HINTS:
+        raise ValueError(f"unknown performance hint {hint!r}; use one of {', '.join(HINTS)}")
+    config: dict[str, Any] = {"PERFORMANCE_HINT": hint.upper()}
+    if cache_dir is not None:
+        config["CACHE_DIR"] = str(cache_dir)
+    return {**config, **(extra or {})}
+
+
+def openvino_message(error: Exception) -> str:
+    """The meaningful line of an OpenVINO error (they start with 'Exception from <file>:<line>:' lines)."""
+    lines = [line.strip() for line in str(error).splitlines()]
+    meaningful = [line for line in lines if line and not line.startswith("Exception from ")]
+    return meaningful[-1] if meaningful else str(error).strip()
+
+
+Callback = Callable[[Any, Result], None]
+
+
+class Detector:
+    """A compiled babo-edge IR: `detector(frame) -> Result`, or asynchronous inference.
+
+    Asynchronous: `infer_async(frame, userdata)` submits a frame to an `openvino.AsyncInferQueue`
+    of `num_requests` requests (0: the compiled model's OPTIMAL_NUMBER_OF_INFER_REQUESTS) and
+    returns once a request has taken it (it blocks while all are busy). Results are delivered in
+    submission order, each with its userdata, whatever order the requests finish in: to
+    `callback(userdata, result)` when one was given (called on an OpenVINO thread, under a lock:
+    keep it short and do not submit from it), else queued for `results()`. `wait_all()` waits
+    for every submitted frame and raises if a post-processing or callback call failed. Submit
+    from one thread. Synchronous calls use their own request and may be mixed in.
+    """
+
+    def __init__(self, model: str | os.PathLike | ov.Model, device: str = "CPU", *, hint: str = "LATENCY",
+                 cache_dir: str | os.PathLike | None = None, num_requests: int = 0,
+                 config: Mapping[str, Any] | None = None, score_threshold: float | None = None,
+                 callback: Callback | None = None, core: ov.Core | None = None):
+        """`model`: the .xml path of an IR, or an openvino.Model carrying the same model_info (see
+        `from_model`). `config`: extra plugin properties, e.g. {"INFERENCE_PRECISION_HINT": "f32"}.
+        `score_threshold`: default the IR's confidence_threshold."""
+        core = core or ov.Core()
+        in_memory = isinstance(model, ov.Model)
+        source = f"model {model.get_friendly_name()!r}" if in_memory else str(model)
+        self.model = model if in_memory else read_ir(model, core)
+        self.info = parse_model_info(read_model_info(self.model), source)
+        check_graph(self.model, self.info, source)
+        self.device = resolve_device(device, core)
+        check_static_for_npu(self.model, self.device)
+        try:
+            self.compiled = core.compile_model(self.model, self.device, compile_config(hint, cache_dir, config))
+        except RuntimeError as e:
+            raise DeviceError(f"cannot compile {source} for {self.device}: {openvino_message(e)}") from None
+        self.score_threshold = self.info.confidence_threshold if score_threshold is None else score_threshold
+        self._request = self.compiled.create_infer_request()
+        self._queue = ov.AsyncInferQueue(self.compiled, num_requests or
+                                         self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        self._queue.set_callback(self._on_done)
+        self._callback = callback
+        self._lock = threading.Lock()
+        self._submitted = 0
+        self._delivered = 0
+        self._finished: dict[int, tuple[Any, Result | None]] = {}  # finished out of order, not yet delivered
+        self._ready: deque[tuple[Any, Result]] = deque()
+        self._errors: list[Exception] = []
+
+    @classmethod
+    def from_model(cls, model: ov.Model, device: str = "CPU", **options) -> Detector:
+        """Compiles an in-memory model, e.g. an instrumented copy of a read IR; keyword options
+        as the constructor's. Extra outputs are left to the caller (see `run`)."""
+        return cls(model, device, **options)
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        return self.info.input_hw
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.info.labels
+
+    @property
+    def num_requests(self) -> int:
+        return len(self._queue)
+
+    def __call__(self, frame: np.ndarray) -> Result:
+        inputs = preprocess(frame, self.input_hw)
+        return self._postprocess(self.run(inputs), frame.shape[:2])
+
+    def run(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """Synchronous inference on a preprocessed input: {output name: array}, every output of
+        the model (copies, safe to keep)."""
+        self._request.infer({0: inputs})
+        return self._outputs(self._request)
+
+    def infer_async(self, frame: np.ndarray, userdata: Any = None) -> None:
+        """Submits `frame`; a bad frame raises FrameError here, in the caller's thread."""
+        inputs = preprocess(frame, self.input_hw)
+        self._queue.start_async({0: inputs}, (self._submitted, frame.shape[:2], userdata))
+        self._submitted += 1
+
+    def wait_all(self) -> None:
+        self._queue.wait_all()
+        with self._lock:
+            errors, self._errors = self._errors, []
+        if errors:
+            raise RuntimeError(f"{len(errors)} asynchronous result(s) failed, first: {errors[0]!r}") from errors[0]
+
+    def results(self) -> Iterator[tuple[Any, Result]]:
+        """(userdata, Result) pairs delivered so far (all of them after wait_all()), in submission
+        order, each yielded once. Nothing is queued when a callback was given."""
+        while True:
+            with self._lock:
+                if not self._ready:
+                    return
+                item = self._ready.popleft()
+            yield item
+
+    def _postprocess(self, outputs: Mapping[str, np.ndarray], frame_hw: tuple[int, int]) -> Result:
+        return postprocess(outputs, frame_hw, self.input_hw, self.score_threshold, self.labels)
+
+    def _outputs(self, request: ov.InferRequest) -> dict[str, np.ndarray]:
+        return {port.get_any_name(): request.get_tensor(port).data.copy() for port in self.compiled.outputs}
+
+    def _on_done(self, request: ov.InferRequest, userdata: tuple[int, tuple[int, int], Any]) -> None:
+        """AsyncInferQueue callback (OpenVINO thread): holds the result until all earlier
+        submissions are delivered. Errors are kept for wait_all(), not raised into OpenVINO."""
+        index, frame_hw, user = userdata
+        try:
+            result = self._postprocess(self._outputs(request), frame_hw)
+        except Exception as e:  # anything: raised by wait_all(), never into OpenVINO
+            result = None
+            with self._lock:
+                self._errors.append(e)
+        with self._lock:
+            self._finished[index] = (user, result)
+            while self._delivered in self._finished:
+                self._deliver(*self._finished.pop(self._delivered))
+                self._delivered += 1
+
+    def _deliver(self, userdata: Any, result: Result | None) -> None:
+        """Called under the lock, in submission order."""
+        if result is None:
+            return
+        if self._callback is None:
+            self._ready.append((userdata, result))
+            return
+        try:
+            self._callback(userdata, result)
+        except Exception as e:  # anything: raised by wait_all(), never into OpenVINO
+            self._errors.append(e)

@@ -1,0 +1,62 @@
+"""Figures of MAC/MAC* reports (models.accounting schema), drawn with matplotlib's Agg canvas.
+
+matplotlib is imported when a figure is drawn, not with the module: the runtime must start on
+boxes without it. The Agg canvas is used directly, so no global pyplot backend is switched.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+DETECTOR = "od"
+
+
+def block_zero_percent(report: dict, network: str = DETECTOR) -> dict[str, float]:
+    """{block: zeros% of its conv inputs}, blocks in execution order."""
+    if network not in report["networks"]:
+        raise ValueError(f"the report has no {network!r} network (has {sorted(report['networks'])})")
+    return {block["name"]: 100 * block["zero_ratio"] for block in report["networks"][network]["blocks"]}
+
+
+def plot_block_zeros(report: dict, path: str | os.PathLike, other: dict | None = None,
+                     labels: tuple[str, str] = ("BABO", "vanilla")) -> Path:
+    """PNG bar chart of the detector's zeros% per block (the paper's Fig. 5), with `other`'s bars
+    beside them when given (a block only one report has gets one bar); written atomically so a
+    reader never sees half a file."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    series = [block_zero_percent(report)] + ([block_zero_percent(other)] if other is not None else [])
+    blocks = list(dict.fromkeys(name for values in series for name in values))
+    width = 0.8 / len(series)
+    figure = Figure(figsize=(max(6.0, 0.45 * len(blocks) + 2), 4.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for k, (values, label) in enumerate(zip(series, labels)):
+        offsets = [i + (k - (len(series) - 1) / 2) * width for i in range(len(blocks))]
+        axes.bar(offsets, [values.get(name, float("nan")) for name in blocks], width, label=label)
+    axes.set_xticks(range(len(blocks)), [_short(name) for name in blocks], rotation=60, ha="right", fontsize=8)
+    axes.set_ylabel("zeros in conv inputs (%)")
+    axes.set_ylim(0, 100)
+    axes.set_title(f"Detector activation sparsity per block ({report['images']} images)")
+    axes.legend()
+    return _save_atomically(figure, Path(path))
+
+
+def _short(block: str) -> str:
+    """'od.backbone.stages.3' -> 'backbone.stages.3': every detector block has the prefix."""
+    return block.removeprefix(f"{DETECTOR}.")
+
+
+def _save_atomically(figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            figure.savefig(file, format="png", dpi=120)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+    return path
