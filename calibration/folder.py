@@ -25,11 +25,14 @@ class ImageFolder:
         self.root = Path(path)
         if not self.root.is_dir():
             raise DatasetError(f"image folder {str(self.root)!r} does not exist or is not a folder")
-        candidates = sorted(
-            file
-            for file in (self.root.rglob("*") if recursive else self.root.iterdir())
-            if file.suffix.lower() in IMAGE_EXTENSIONS and file.is_file()
-        )
+        try:
+            candidates = sorted(
+                file
+                for file in (self.root.rglob("*") if recursive else self.root.iterdir())
+                if file.suffix.lower() in IMAGE_EXTENSIONS and file.is_file()
+            )
+        except OSError as error:
+            raise DatasetError(f"image folder {str(self.root)!r} cannot be read: {error.strerror or error}") from None
         self.files: list[Path] = []
         self.skipped: list[tuple[str, str]] = []
         for file in candidates:

@@ -19,11 +19,10 @@ import torch
 from models.builders import ModelConfig
 from models.detector import BABODetector
 from models.profiling import profile
+from runtime.detector import IR_FORMAT, MODEL_INFO, SUPPORTED_FORMAT_VERSIONS, read_model_info
 
-MODEL_INFO = "model_info"
 MODEL_TYPE = "babo_ssd"
-IR_FORMAT = "babo-edge-ir"
-IR_FORMAT_VERSION = 1
+IR_FORMAT_VERSION = SUPPORTED_FORMAT_VERSIONS[-1]  # the newest the runtime reads
 FP32_HINT = {"INFERENCE_PRECISION_HINT": "f32"}  # the CPU plugin would otherwise run bf16/fp16 where it can
 
 
@@ -38,7 +37,7 @@ def model_info(model: BABODetector, config: ModelConfig, class_names: list[str],
     info = {
         "model_type": MODEL_TYPE,
         "format": IR_FORMAT,
-        "format_version": str(IR_FORMAT_VERSION),
+        "format_version": IR_FORMAT_VERSION,
         # Model API splits labels on spaces.
         "labels": " ".join(name.replace(" ", "_") for name in class_names),
         "input_height": str(config.input_size[0]),
@@ -146,13 +145,6 @@ def tool_versions() -> dict[str, str]:
 def set_model_info(model: ov.Model, info: dict[str, str]) -> None:
     for key, value in info.items():
         model.set_rt_info(value, [MODEL_INFO, key])
-
-
-def read_model_info(model: ov.Model) -> dict[str, str]:
-    if not model.has_rt_info([MODEL_INFO]):
-        return {}
-    return {key: model.get_rt_info([MODEL_INFO, key]).astype(str)
-            for key in model.get_rt_info([MODEL_INFO]).astype(dict)}
 
 
 def save_ir(model: ov.Model, xml_path: str | os.PathLike, precision: str) -> Path:

@@ -23,6 +23,7 @@ import torch
 
 from export.onnx_export import INPUT_NAME, ExportGraph
 from models.detector import BABODetector
+from models.postprocess import detect
 
 Outputs = dict[str, np.ndarray]
 BOX_MATCH_PX = 0.5
@@ -30,13 +31,29 @@ SCORE_TIE = 1e-6
 Runner = Callable[[np.ndarray], Outputs]
 
 
-def torch_runner(model: BABODetector) -> Runner:
-    graph = ExportGraph(model)
+def torch_runner(model: BABODetector, raw: bool = False) -> Runner:
+    graph = ExportGraph(model, raw=raw)
 
     def run(images: np.ndarray) -> Outputs:
         with torch.no_grad():
             values = graph(torch.from_numpy(images))
         return {name: value.numpy() for name, value in zip(graph.output_names, values)}
+    return run
+
+
+def decoding_runner(runner: Runner, model: BABODetector, input_hw: tuple[int, int]) -> Runner:
+    """A raw-output runner (cls_logits, box_deltas) turned into a `detections` runner by the
+    package's own post-processing on the host, as a client without NMS in the graph would."""
+    with torch.no_grad():
+        anchors = model.detector(model.normalize(torch.zeros(1, 3, *input_hw)))[2]
+
+    def run(images: np.ndarray) -> Outputs:
+        outputs = runner(images)
+        with torch.no_grad():
+            detections = detect(torch.from_numpy(outputs["cls_logits"]), torch.from_numpy(outputs["box_deltas"]),
+                                anchors, input_hw, model.detector.coder, model.detector.score_activation,
+                                model.postprocess)
+        return {**outputs, "detections": detections.numpy()}
     return run
 
 

@@ -1,96 +1,315 @@
-"""The whole export of one model: ONNX, OpenVINO IR FP32 and FP16, NNCF INT8, each checked.
+"""The whole export of one checkpoint into one folder, checked, reported and published atomically.
 
-Files in the output folder: model.onnx, model_fp32.xml/.bin, model_fp16.xml/.bin,
-model_int8.xml/.bin and export_report.json (parity against PyTorch, INT8 against FP32, timing).
-ONNX and FP32 IR must match PyTorch within FP32_TOLERANCE; FP16 and INT8 are reported, and
-their masks must still be exactly 0/1 (INT8 is also refused by `quantize_int8` when the graph
-check fails).
+    DIR/model.onnx                 ONNX (opset 17), checked with onnx.checker
+    DIR/FP32/model.xml|bin         OpenVINO IR, metadata in rt_info["model_info"]
+    DIR/FP16/model.xml|bin         FP16 weights, for GPU / NPU
+    DIR/INT8/model.xml|bin         NNCF INT8, mask path kept exact
+    DIR/ovms/config.json, DIR/ovms/<name>/1/model.xml|bin   an OpenVINO Model Server repository
+    DIR/export_report.json         times, sizes, parity, FP32-vs-INT8 accuracy, MAC*, versions
+
+Everything is written into a hidden sibling folder which replaces DIR only at the end, so an
+error or Ctrl-C leaves DIR as it was. ONNX and the FP32 IR must match PyTorch within
+FP32_TOLERANCE; FP16 and INT8 are reported, their masks must be exactly 0/1, and INT8 is
+refused by `export.quantize` when its graph check fails.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import openvino as ov
 
+from calibration.coco import CocoDetection
+from export.accuracy import SplitAccuracy, ap_of, evaluate_runners
 from export.onnx_export import export_onnx
 from export.openvino_ir import (MODEL_INFO, compile_fp32, convert, model_info, save_ir,
-                                set_model_info)
-from export.parity import (BINARY_MASK_ONLY, FP32_TOLERANCE, Parity, compare, onnxruntime_runner,
-                           openvino_runner, torch_runner)
-from export.quantize import quantize_int8
+                                set_model_info, tool_versions)
+from export.parity import (BINARY_MASK_ONLY, FP32_TOLERANCE, Runner, compare, decoding_runner,
+                           onnxruntime_runner, openvino_runner, torch_runner)
+from export.quantize import quantize_int8, quantize_int8_with_accuracy_control
+from models.builders import ModelConfig
 from models.checkpoint import Checkpoint
 from models.detector import BABODetector
+from runtime.sparsity import conv_layers, instrument, layer_counts
 
 REPORT_FILE = "export_report.json"
+REPORT_SCHEMA = "babo-edge/export-report"
+REPORT_VERSION = 1
+PRECISIONS = ("fp32", "fp16", "int8")
 TOLERANCES = {"onnx": FP32_TOLERANCE, "fp32": FP32_TOLERANCE, "fp16": BINARY_MASK_ONLY, "int8": BINARY_MASK_ONLY}
+SIZE_STEP = 32  # the detector's output stride: sizes that are not multiples get misaligned maps
+SIZE_RANGE = (64, 2048)
+
+
+class ExportError(RuntimeError):
+    """A one-line reason the export cannot start or finish."""
 
 
 @dataclass
 class ExportOptions:
+    precisions: tuple[str, ...] = PRECISIONS
     dynamic_batch: bool = False
-    int8: bool = True
+    raw_outputs: bool = False  # head outputs + anchors instead of in-graph decoding and NMS
     preset: str = "performance"
     subset_size: int = 300
+    max_ap_drop: float | None = None  # AP points; set: nncf.quantize_with_accuracy_control
+    parity_images: int = 8
+    val_images: int | None = None  # None: the whole split
+
+
+def export_config(config: ModelConfig, input_size: int | None) -> ModelConfig:
+    """The checkpoint's config, at a square `input_size` if given, the OMG scaled alike."""
+    if input_size is None:
+        return config
+    low, high = SIZE_RANGE
+    if input_size % SIZE_STEP or not low <= input_size <= high:
+        raise ExportError(f"unsupported input size {input_size}: use a multiple of {SIZE_STEP} "
+                          f"from {low} to {high}")
+    omg_size = None
+    if config.omg_size is not None:
+        scale = input_size / config.input_size[0]
+        omg_size = tuple(max(SIZE_STEP, round(side * scale / SIZE_STEP) * SIZE_STEP) for side in config.omg_size)
+    return replace(config, input_size=(input_size, input_size), omg_size=omg_size)
+
+
+def ovms_name(checkpoint_path: str | os.PathLike) -> str:
+    """Model name for OVMS (its REST/gRPC URLs): the checkpoint stem, URL-safe."""
+    name = "".join(c if c.isalnum() or c in "-_" else "-" for c in Path(checkpoint_path).stem)
+    return name.strip("-") or "model"
+
+
+def prepare_output(output: str | os.PathLike) -> Path:
+    """Creates the hidden work folder beside `output`; ExportError when that is impossible."""
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise ExportError(f"output {str(output)!r} exists and is not a folder")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+    except OSError as e:
+        raise ExportError(f"cannot write the output folder {str(output)!r}: {e.strerror or e}") from None
+
+
+def publish(work: Path, output: Path) -> None:
+    """Replaces `output` by the finished `work` folder (the old one is removed last)."""
+    old = None
+    if output.exists():
+        old = work.with_name(work.name.replace(".partial-", ".old-"))
+        os.replace(output, old)
+    os.replace(work, output)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def export_all(model: BABODetector, checkpoint: Checkpoint, checkpoint_path: str | os.PathLike,
+               output: str | os.PathLike, calibration: Sequence[np.ndarray],
+               validation: CocoDetection | None, config: ModelConfig, options: ExportOptions = ExportOptions(),
+               work: Path | None = None) -> dict:
+    """Exports `model` (its OMG resized to `config`) into `output` and returns the report.
+
+    `work`: a folder made by `prepare_output` (made here otherwise); it is removed on any error,
+    KeyboardInterrupt included."""
+    output = Path(output)
+    work = work or prepare_output(output)
+    try:
+        report = _export(model, checkpoint, checkpoint_path, work, calibration, validation, config, options)
+        publish(work, output)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return report
+
+
+def _export(model, checkpoint, checkpoint_path, work: Path, calibration, validation, config: ModelConfig,
+            options: ExportOptions) -> dict:
+    model.omg_size = config.omg_size if model.omg is not None else None
+    input_hw = tuple(config.input_size)
+    report = {"schema": REPORT_SCHEMA, "version": REPORT_VERSION, "checkpoint": str(checkpoint_path),
+              "model": {"arch": config.arch, "width": config.width, "input_size": list(input_hw),
+                        "omg_size": list(config.omg_size) if model.omg is not None else None,
+                        "classes": checkpoint.class_names},
+              "options": asdict(options), "seconds": {}, "files": {}, "parity": {}, "failures": {},
+              "tolerances": {name: asdict(t) for name, t in TOLERANCES.items()}, "versions": tool_versions()}
+    timer = partial(_timed, report["seconds"])
+
+    with timer("onnx"):
+        onnx_path = export_onnx(model, input_hw, work / "model.onnx", options.dynamic_batch, options.raw_outputs)
+    with timer("convert"):
+        ov_model = convert(onnx_path)
+        info = model_info(model, config, checkpoint.class_names, ov_model)
+        info["outputs"] = "raw" if options.raw_outputs else "detections"
+        set_model_info(ov_model, info)
+        irs = {precision: save_ir(ov_model, work / precision.upper() / "model.xml", precision)
+               for precision in ("fp32", "fp16") if precision in options.precisions}
+
+    def decoded(runner: Runner) -> Runner:
+        return decoding_runner(runner, model, input_hw) if options.raw_outputs else runner
+
+    fp32 = decoded(openvino_runner(compile_fp32(ov_model)))
+    parity_images = list(calibration[i] for i in range(min(options.parity_images, len(calibration))))
+    parities = {}
+    with timer("parity"):
+        reference = decoded(torch_runner(model, raw=options.raw_outputs))
+        candidates = {"onnx": decoded(onnxruntime_runner(onnx_path))}
+        candidates |= {precision: decoded(openvino_runner(compile_fp32(path))) for precision, path in irs.items()}
+        for name, runner in candidates.items():
+            parities[name] = compare(reference, runner, parity_images)
+
+    int8_runner = None
+    if "int8" in options.precisions:
+        with timer("int8"):
+            int8 = _quantize(ov_model, calibration, validation, input_hw, options, decoded)
+            report["quantization"] = int8.summary
+            int8.model.set_rt_info(json.dumps(int8.summary), [MODEL_INFO, "quantization"])
+            irs["int8"] = save_ir(int8.model, work / "INT8" / "model.xml", "int8")
+        int8_runner = decoded(openvino_runner(ov.Core().compile_model(int8.model, "CPU")))
+        parities["int8"] = compare(fp32, int8_runner, parity_images)
+
+    for name, parity in parities.items():
+        report["parity"][name] = parity.as_dict()
+        problems = parity.violations(TOLERANCES[name])
+        if problems:
+            report["failures"][name] = problems
+
+    if validation is not None:
+        with timer("accuracy"):
+            report["accuracy"] = _accuracy(ov_model, int8.model if int8_runner else None, validation,
+                                           input_hw, options, decoded)
+
+    with timer("ovms"):
+        served = "int8" if "int8" in irs else next(iter(irs))
+        report["ovms"] = write_ovms_repository(work / "ovms", ovms_name(checkpoint_path), irs[served])
+        report["ovms"]["precision"] = served
+    report["files"] = {path.relative_to(work).as_posix(): path.stat().st_size
+                       for path in sorted(work.rglob("*")) if path.is_file()}
+    report["seconds"]["total"] = sum(report["seconds"].values())
+    (work / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return report
 
 
 @dataclass
-class ExportReport:
-    files: dict[str, str] = field(default_factory=dict)
-    parity: dict[str, Parity] = field(default_factory=dict)  # "onnx", "fp32", "fp16" vs PyTorch; "int8" vs fp32
-    failures: dict[str, list[str]] = field(default_factory=dict)
-    int8: dict = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        return {"files": self.files, "parity": {k: p.as_dict() for k, p in self.parity.items()},
-                "failures": self.failures, "int8": self.int8, "seconds": self.seconds}
+class _Int8:
+    model: ov.Model
+    summary: dict
 
 
-def export_all(model: BABODetector, checkpoint: Checkpoint, out_dir: str | os.PathLike,
-               calibration: Sequence[np.ndarray], parity_images: Sequence[np.ndarray],
-               options: ExportOptions = ExportOptions()) -> ExportReport:
-    """Writes every artifact into `out_dir` and returns (and writes) the report."""
-    out_dir = Path(out_dir)
-    report = ExportReport()
-    reference = torch_runner(model)
+def _quantize(ov_model: ov.Model, calibration, validation, input_hw, options: ExportOptions, decoded) -> _Int8:
+    if options.max_ap_drop is None:
+        result = quantize_int8(ov_model, calibration, options.preset, options.subset_size)
+    else:
+        def ap(compiled, indices) -> float:
+            return ap_of(decoded(openvino_runner(compiled)), validation, input_hw, list(indices))
+        result = quantize_int8_with_accuracy_control(ov_model, calibration, _val_indices(validation, options), ap,
+                                                     options.max_ap_drop, options.preset, options.subset_size)
+    summary = {"method": "quantize" if options.max_ap_drop is None else "quantize_with_accuracy_control",
+               "preset": options.preset, "calibration_images": min(options.subset_size, len(calibration)),
+               "max_ap_drop": options.max_ap_drop, "ignored_nodes": len(result.ignored_scope.names),
+               "fake_quantize_nodes": sum(op.get_type_name() == "FakeQuantize" for op in result.model.get_ordered_ops())}
+    return _Int8(result.model, summary)
 
-    def stage(name: str, path: Path, candidate, against=reference) -> None:
-        report.files[name] = str(path)
-        report.parity[name] = compare(against, candidate, parity_images)
 
+def _val_indices(validation: CocoDetection, options: ExportOptions) -> list[int]:
+    count = len(validation) if options.val_images is None else min(options.val_images, len(validation))
+    return list(range(count))
+
+
+def _accuracy(fp32_model: ov.Model, int8_model: ov.Model | None, validation: CocoDetection, input_hw,
+              options: ExportOptions, decoded) -> dict:
+    """FP32 and INT8 IR on the validation split. Detections and masks come from the IR as it
+    is deployed; the zero counts from an instrumented copy run on the same input, because
+    watching conv inputs keeps the CPU plugin from fusing some INT8 ops and changes rounding."""
+    models = {"fp32": fp32_model} | ({"int8": int8_model} if int8_model is not None else {})
+    runners, counters = {}, {}
+    for name, ov_model in models.items():
+        compile_model = compile_fp32 if name == "fp32" else partial(ov.Core().compile_model, device_name="CPU")
+        deployed = decoded(openvino_runner(compile_model(ov_model)))
+        counted = openvino_runner(compile_model(instrument(ov_model)))
+        runners[name] = lambda images, deployed=deployed, counted=counted: {**counted(images), **deployed(images)}
+        counters[name] = lambda outputs, layers=conv_layers(ov_model): layer_counts(outputs, layers)[0]
+    results: dict[str, SplitAccuracy] = evaluate_runners(runners, validation, input_hw,
+                                                         _val_indices(validation, options), counters)
+    section = {"ann_file": str(validation.ann_file), "images": len(_val_indices(validation, options)),
+               **{name: result.as_dict() for name, result in results.items()}}
+    if "int8" in results:
+        section["ap_drop"] = results["fp32"].metrics["AP"] - results["int8"].metrics["AP"]
+        section["mask_iou"] = results["int8"].mask_iou
+    section["reports"] = {name: result.report for name, result in results.items()}
+    return section
+
+
+def write_ovms_repository(root: Path, name: str, xml: Path) -> dict:
+    """root/<name>/1/model.xml|bin and root/config.json for `docker run -v root:/models
+    openvino/model_server --config_path /models/config.json`."""
+    version = root / name / "1"
+    version.mkdir(parents=True)
+    for suffix in (".xml", ".bin"):
+        shutil.copyfile(xml.with_suffix(suffix), version / f"model{suffix}")
+    config = {"model_config_list": [{"config": {"name": name, "base_path": f"/models/{name}"}}]}
+    (root / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    return {"name": name, "config": "ovms/config.json"}
+
+
+@contextmanager
+def _timed(seconds: dict[str, float], stage: str):
+    """Adds the wall time of the block to seconds[stage]."""
     started = time.perf_counter()
-    onnx_path = export_onnx(model, checkpoint.config.input_size, out_dir / "model.onnx", options.dynamic_batch)
-    ov_model = convert(onnx_path)
-    set_model_info(ov_model, model_info(model, checkpoint.config, checkpoint.class_names, ov_model))
-    report.seconds["export"] = time.perf_counter() - started
-    stage("onnx", onnx_path, onnxruntime_runner(onnx_path))
-    ir_runners = {}
-    for precision in ("fp32", "fp16"):
-        path = save_ir(ov_model, out_dir / f"model_{precision}.xml", precision)
-        ir_runners[precision] = openvino_runner(compile_fp32(path))
-        stage(precision, path, ir_runners[precision])
+    try:
+        yield
+    finally:
+        seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - started
 
-    if options.int8:
-        started = time.perf_counter()
-        int8 = quantize_int8(ov_model, calibration, options.preset, options.subset_size)
-        report.seconds["int8"] = time.perf_counter() - started
-        report.int8 = {"preset": options.preset, "calibration_images": min(options.subset_size, len(calibration)),
-                       "ignored_nodes": len(int8.ignored_scope.names),
-                       "fake_quantize_nodes": sum(op.get_type_name() == "FakeQuantize"
-                                                  for op in int8.model.get_ordered_ops())}
-        int8.model.set_rt_info(json.dumps(report.int8), [MODEL_INFO, "quantization"])
-        path = save_ir(int8.model, out_dir / "model_int8.xml", "int8")
-        stage("int8", path, openvino_runner(ov.Core().compile_model(str(path), "CPU")), against=ir_runners["fp32"])
 
-    for name, parity in report.parity.items():
-        problems = parity.violations(TOLERANCES[name])
-        if problems:
-            report.failures[name] = problems
-    (out_dir / REPORT_FILE).write_text(json.dumps(report.as_dict(), indent=2) + "\n", encoding="utf-8")
-    return report
+AP_DROP_TARGET = 0.5  # AP points, INT8 vs FP32 (issue target on the demo checkpoint)
+MASK_IOU_TARGET = 0.98
+
+
+def format_summary(report: dict) -> str:
+    """The printed summary of an export report: stages, files, parity, accuracy and MAC*."""
+    mb = 1 << 20
+    lines = ["stages: " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in report["seconds"].items()),
+             "files: " + ", ".join(f"{name} {size / mb:.1f} MB" for name, size in report["files"].items()
+                                   if isinstance(size, int) and name.endswith((".onnx", ".bin"))
+                                   and not name.startswith("ovms/")),
+             f"OVMS: {report['ovms']['config']} serves {report['ovms']['name']} ({report['ovms']['precision']})",
+             "",
+             f"{'parity':<18} {'detections':>11} {'max|score|':>10} {'max|box|px':>10} {'mask IoU':>8} "
+             f"{'px differ':>9} {'ok':>3}"]
+    for name, parity in report["parity"].items():
+        against = "vs FP32 IR" if name == "int8" else "vs PyTorch"
+        lines.append(f"{name.upper():<5}{against:<13} {parity['candidate_detections']:>5}/{parity['reference_detections']:<5} "
+                     f"{parity['max_score_diff']:>10.2e} {parity['max_box_diff']:>10.2e} {parity['mask_iou']:>8.4f} "
+                     f"{parity['mask_mismatches']:>9} {'no' if name in report['failures'] else 'yes':>3}")
+    accuracy = report.get("accuracy")
+    if accuracy:
+        lines += ["", f"accuracy on {accuracy['ann_file']} ({accuracy['images']} images)",
+                  f"{'model':<8} {'AP':>5} {'AP50':>5} {'FG%':>5} {'recall%':>7} {'mask IoU':>8} {'zeros%':>6} "
+                  f"{'OD zeros%':>9} {'GMAC':>6} {'GMAC*':>6}"]
+        for name in ("fp32", "int8"):
+            if name not in accuracy:
+                continue
+            result, sparsity = accuracy[name], accuracy[name]["sparsity"]
+            recall = result["instance_recall"]
+            lines.append(
+                f"{name.upper() + ' IR':<8} {result['metrics']['AP']:>5.1f} {result['metrics']['AP50']:>5.1f} "
+                f"{_percent(result['fg_ratio']):>5} {_percent(recall and recall['overall']):>7} "
+                f"{'-' if result['mask_iou'] is None else format(result['mask_iou'], '.4f'):>8} "
+                f"{100 * sparsity['zero_ratio']:>6.2f} {100 * sparsity['od_zero_ratio']:>9.2f} "
+                f"{sparsity['gmac']:>6.3f} {sparsity['gmac_star']:>6.3f}")
+        if "ap_drop" in accuracy:
+            iou = accuracy["mask_iou"]
+            lines.append(f"INT8 vs FP32: AP drop {accuracy['ap_drop']:.2f} (target <= {AP_DROP_TARGET}), "
+                         + ("no mask" if iou is None else f"mask IoU {iou:.4f} (target >= {MASK_IOU_TARGET})"))
+    return "\n".join(lines)
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"

@@ -12,7 +12,8 @@ scope are separate functions so `nncf.quantize_with_accuracy_control` can reuse 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from pathlib import Path
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import nncf
@@ -35,20 +36,21 @@ class MaskQuantizedError(RuntimeError):
 
 class CalibrationImages(Sequence[np.ndarray]):
     """Up to `count` model inputs (1, 3, H, W) float32, read when indexed (300 inputs at 512 px
-    would hold 0.9 GB): the images of `image_folder`, else the calib split of the built-in
-    synthetic dataset (generated on first use)."""
+    would hold 0.9 GB) from `source`: a dataset folder in our COCO layout (its calib split), a
+    folder of images (subfolders included), or None for the built-in dataset's calib split
+    (generated on first use). `available` is how many images the source has."""
 
-    def __init__(self, input_hw: tuple[int, int], count: int, image_folder: str | os.PathLike | None = None):
+    def __init__(self, input_hw: tuple[int, int], count: int, source: str | os.PathLike | None = None):
         self.input_hw = tuple(input_hw)
-        if image_folder is not None:
-            folder = ImageFolder(image_folder)
-            self._read_rgb = lambda i: folder[i][1]
-            available = len(folder)
-        else:
-            coco = CocoDetection(*split_files(ensure_default_dataset(), "calib"))
+        if source is None or Path(split_files(source, "calib")[0]).is_file():
+            coco = CocoDetection(*split_files(source or ensure_default_dataset(), "calib"))
             self._read_rgb = lambda i: coco[i].image
-            available = len(coco)
-        self._count = min(count, available)
+            self.available = len(coco)
+        else:
+            folder = ImageFolder(source, recursive=True)
+            self._read_rgb = lambda i: folder[i][1]
+            self.available = len(folder)
+        self._count = min(count, self.available)
 
     def __len__(self) -> int:
         return self._count
@@ -91,6 +93,23 @@ def quantize_int8(model: ov.Model, images: Sequence[np.ndarray], preset: str = "
                               subset_size=min(subset_size, len(images)), ignored_scope=scope)
     if protect:
         check_mask_exact(quantized)
+    return Int8Model(quantized, scope)
+
+
+def quantize_int8_with_accuracy_control(model: ov.Model, images: Sequence[np.ndarray], validation_items: Sequence,
+                                        validation_fn: Callable[[ov.CompiledModel, Iterable], float],
+                                        max_drop: float, preset: str = "performance",
+                                        subset_size: int = 300) -> Int8Model:
+    """`nncf.quantize_with_accuracy_control`: layers whose quantization costs the most metric are
+    reverted to float until `validation_fn(compiled, items)` (higher is better) is at most
+    `max_drop` (absolute, in the metric's unit) below the FP32 model's. Same ignored scope and
+    check as `quantize_int8`."""
+    scope = ignored_scope(model)
+    quantized = nncf.quantize_with_accuracy_control(
+        model, nncf.Dataset(images), nncf.Dataset(list(validation_items)), validation_fn,
+        max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE, preset=PRESETS[preset],
+        subset_size=min(subset_size, len(images)), ignored_scope=scope)
+    check_mask_exact(quantized)
     return Int8Model(quantized, scope)
 
 

@@ -1,66 +1,134 @@
-"""Checkpoint -> ONNX -> OpenVINO IR FP32 / FP16 / INT8: `python export/to_ir.py CKPT [--out DIR]`.
+"""Checkpoint -> ONNX, OpenVINO IR FP32 / FP16 / INT8 and an OVMS repository, checked and reported.
 
-Writes model.onnx, model_{fp32,fp16,int8}.xml/.bin and export_report.json into the output
-folder (default: CKPT's folder / <CKPT stem>_ir), prints parity against PyTorch, and exits 1
-when ONNX or FP32 IR do not match PyTorch or a mask is not exactly 0/1 after FP16 / INT8.
+    python export/to_ir.py CKPT [--output DIR] [--calib DATA] [--subset-size 300]
+        [--precision fp32,fp16,int8] [--max-ap-drop X] [--input-size N] [--static|--dynamic-batch]
+
+Default output: <CKPT stem>_ir beside the checkpoint; default calibration and validation data:
+the built-in dataset's calib and val splits. Exit 0 when every artifact is written and checked,
+1 when written but a parity check failed (see the report), 2 on bad input (nothing written),
+130 on Ctrl-C (nothing written).
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import warnings
 from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import nncf
+
+from calibration.coco import CocoDetection
 from calibration.errors import DatasetError
-from export.pipeline import REPORT_FILE, ExportOptions, export_all
+from calibration.synthetic import ensure_default_dataset, split_files
+from export.pipeline import (PRECISIONS, REPORT_FILE, ExportError, ExportOptions, export_all, export_config,
+                             format_summary, prepare_output)
 from export.quantize import PRESETS, CalibrationImages, MaskQuantizedError
 from models.checkpoint import CheckpointError, load_model
 from models.cli import positive_int
+from train.evaluation import check_classes
+
+
+def precision_list(text: str) -> tuple[str, ...]:
+    chosen = tuple(dict.fromkeys(p.strip().lower() for p in text.split(",") if p.strip()))
+    unknown = [p for p in chosen if p not in PRECISIONS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"precisions are a comma list of {', '.join(PRECISIONS)}; got {text!r}")
+    return chosen
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path, help="checkpoint file (models/checkpoint.py format)")
+    parser.add_argument("--output", type=Path, help="output folder (default: <checkpoint stem>_ir beside it)")
+    parser.add_argument("--calib", type=Path, help="calibration data: a folder of images, or a dataset folder "
+                                                   "with instances_calib.json (default: built-in calib split)")
+    parser.add_argument("--subset-size", type=positive_int, default=300, help="calibration images to use")
+    parser.add_argument("--precision", type=precision_list, default=PRECISIONS,
+                        help="comma list of fp32, fp16, int8 (default: all)")
+    parser.add_argument("--max-ap-drop", type=non_negative_float,
+                        help="INT8 with nncf.quantize_with_accuracy_control: AP points allowed to be lost on --val")
+    parser.add_argument("--input-size", type=positive_int, help="square input size (default: the checkpoint's)")
+    batch = parser.add_mutually_exclusive_group()
+    batch.add_argument("--static", dest="dynamic_batch", action="store_false", help="batch 1 (default; NPU)")
+    batch.add_argument("--dynamic-batch", dest="dynamic_batch", action="store_true", help="dynamic batch size")
+    parser.add_argument("--raw-outputs", action="store_true",
+                        help="output head logits/deltas (+ model_anchors.npy) instead of in-graph decoding and NMS")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="performance",
+                        help="NNCF preset: performance (symmetric) or mixed (asymmetric activations)")
+    parser.add_argument("--val", type=Path, help="dataset folder with instances_val.json for FP32-vs-INT8 AP "
+                                                 "(default: the built-in val split)")
+    parser.add_argument("--val-images", type=positive_int, help="evaluate on the first N val images (default: all)")
+    parser.add_argument("--no-val", action="store_true", help="skip the accuracy comparison")
+    parser.add_argument("--parity-images", type=positive_int, default=8,
+                        help="the first N calibration images check parity")
+    return parser.parse_args(argv)
+
+
+def open_validation(args: argparse.Namespace, class_names: list[str], model) -> CocoDetection | None:
+    """The val split to measure AP on, or None (with a warning) when the default one does not
+    fit the model; an explicit --val that does not fit is an error."""
+    if args.no_val:
+        if args.max_ap_drop is not None:
+            raise ExportError("--max-ap-drop needs a validation split; drop --no-val")
+        return None
+    validation = CocoDetection(*split_files(args.val or ensure_default_dataset(), "val"))
+    try:
+        check_classes(model, validation, class_names)
+    except ValueError as e:
+        if args.val is not None or args.max_ap_drop is not None:
+            raise ExportError(f"{e}; pass --val with this model's dataset") from None
+        print(f"warning: accuracy not measured: {e}; pass --val with this model's dataset", file=sys.stderr)
+        return None
+    return validation
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", type=Path, help="checkpoint file (models/checkpoint.py format)")
-    parser.add_argument("--out", type=Path, help="output folder (default: <checkpoint stem>_ir beside it)")
-    parser.add_argument("--calib-images", type=Path, help="folder of calibration images (default: the "
-                                                          "calib split of the built-in synthetic dataset)")
-    parser.add_argument("--calib-count", type=positive_int, default=300, help="calibration images to use")
-    parser.add_argument("--parity-images", type=positive_int, default=8,
-                        help="the first N calibration images also check parity")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="performance",
-                        help="NNCF preset: performance (symmetric) or mixed (asymmetric activations)")
-    parser.add_argument("--no-int8", action="store_true", help="stop after the FP32 / FP16 IR")
-    parser.add_argument("--dynamic-batch", action="store_true", help="export with a dynamic batch size")
-    args = parser.parse_args(argv)
-
+    args = parse_args(argv)
+    nncf.set_log_level(logging.WARNING)
     try:
         model, checkpoint = load_model(args.checkpoint)
-        calibration = CalibrationImages(checkpoint.config.input_size, args.calib_count, args.calib_images)
-    except (CheckpointError, DatasetError) as e:
+        config = export_config(checkpoint.config, args.input_size)
+        calibration = CalibrationImages(config.input_size, args.subset_size, args.calib)
+        validation = open_validation(args, checkpoint.class_names, model)
+        output = args.output or args.checkpoint.with_name(f"{args.checkpoint.stem}_ir")
+        work = prepare_output(output)
+    except (CheckpointError, DatasetError, ExportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out_dir = args.out or args.checkpoint.with_name(f"{args.checkpoint.stem}_ir")
-    parity_images = [calibration[i] for i in range(min(args.parity_images, len(calibration)))]
-    options = ExportOptions(dynamic_batch=args.dynamic_batch, int8=not args.no_int8, preset=args.preset,
-                            subset_size=args.calib_count)
+    if calibration.available < args.subset_size:
+        print(f"warning: {calibration.available} calibration images found, {args.subset_size} asked for; "
+              f"calibrating on {calibration.available}", file=sys.stderr)
+    options = ExportOptions(precisions=args.precision, dynamic_batch=args.dynamic_batch,
+                            raw_outputs=args.raw_outputs, preset=args.preset, subset_size=args.subset_size,
+                            max_ap_drop=args.max_ap_drop, parity_images=args.parity_images,
+                            val_images=args.val_images)
     try:
-        report = export_all(model, checkpoint, out_dir, calibration, parity_images, options)
-    except (DatasetError, MaskQuantizedError) as e:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # exporter notes on traced shape arithmetic
+            report = export_all(model, checkpoint, args.checkpoint, output, calibration, validation, config,
+                                options, work=work)
+    except (DatasetError, MaskQuantizedError, ExportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-
-    for name, parity in report.parity.items():
-        print(f"{name:5s} {'vs fp32 IR' if name == 'int8' else 'vs PyTorch':11s} "
-              f"detections {parity.candidate_detections}/{parity.reference_detections} "
-              f"(untied unmatched {parity.unmatched}), max |score| diff {parity.max_score_diff:.2e}, "
-              f"max |box| diff {parity.max_box_diff:.2e} px, mask IoU {parity.mask_iou:.4f} "
-              f"({parity.mask_mismatches} px differ)")
-    print(f"written to {out_dir} (report: {out_dir / REPORT_FILE})")
-    for name, problems in report.failures.items():
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: nothing written to {output}", file=sys.stderr)
+        return 130
+    print(format_summary(report))
+    print(f"written to {output} (report: {output / REPORT_FILE})")
+    for name, problems in report["failures"].items():
         print(f"error: {name}: {'; '.join(problems)}", file=sys.stderr)
-    return 1 if report.failures else 0
+    return 1 if report["failures"] else 0
 
 
 if __name__ == "__main__":

@@ -191,17 +191,3 @@ def test_vanilla_model_exports_without_mask(tmp_path, images):
     assert any("NonMaxSuppression" in node.get_type_name() for node in mask_graph.postprocessing_nodes(ov_model))
     assert scope.names and "mask_input_height" not in openvino_ir.model_info(vanilla, config, CLASS_NAMES, ov_model)
     quantize.check_mask_exact(ov_model)  # nothing to check, nothing raised
-
-
-def test_to_ir_cli_writes_every_artifact(tmp_path, tiny_dataset, model):
-    ckpt = save_checkpoint(tmp_path / "tiny.pt", model, CONFIG, CLASS_NAMES)
-    code = to_ir_main([str(ckpt), "--calib-images", str(tiny_dataset / "images" / "calib"),
-                       "--calib-count", "2", "--parity-images", "2"])
-    out = tmp_path / "tiny_ir"
-    assert code == 0
-    for name in ("model.onnx", "model_fp32.xml", "model_fp16.xml", "model_int8.xml", "model_int8.bin"):
-        assert (out / name).is_file()
-    report = json.loads((out / REPORT_FILE).read_text())
-    assert report["failures"] == {} and set(report["parity"]) == {"onnx", "fp32", "fp16", "int8"}
-    info = openvino_ir.read_model_info(ov.Core().read_model(str(out / "model_int8.xml")))
-    assert info["precision"] == "int8" and json.loads(info["quantization"])["calibration_images"] == 2

@@ -1,0 +1,228 @@
+"""`python export/to_ir.py`: the demo checkpoint end to end, the artifact layout, options, every
+input error (exit 2, nothing written) and Ctrl-C (exit 130, nothing written)."""
+import json
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import onnx
+import openvino as ov
+import pytest
+import torch
+
+from calibration.coco import CocoDetection
+from calibration.synthetic import split_files
+from export import mask_graph, openvino_ir, pipeline
+from export.parity import openvino_runner
+from export.pipeline import REPORT_FILE
+from export.to_ir import main as to_ir_main
+from models.builders import ModelConfig, build_model
+from models.checkpoint import save_checkpoint
+from models.preprocess import to_model_input
+from tests.test_export import balanced_omg
+
+ZOO = Path(__file__).resolve().parents[1] / "models" / "zoo"
+LAYOUT = ["model.onnx", "FP32/model.xml", "FP32/model.bin", "FP16/model.xml", "FP16/model.bin",
+          "INT8/model.xml", "INT8/model.bin", "ovms/config.json", REPORT_FILE]
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Hidden work folders an export would leave behind."""
+    return [p.name for p in folder.iterdir() if ".partial-" in p.name or ".old-" in p.name]
+
+
+@pytest.fixture(scope="module")
+def demo_export(tmp_path_factory):
+    """The shipped BABO demo checkpoint, exported with a small calibration subset and val sample."""
+    out = tmp_path_factory.mktemp("demo") / "babo_ir"
+    code = to_ir_main([str(ZOO / "babo-ssdlite-256.pt"), "--output", str(out), "--subset-size", "32",
+                       "--val-images", "60"])
+    return code, out, json.loads((out / REPORT_FILE).read_text())
+
+
+def test_demo_export_writes_every_artifact(demo_export):
+    code, out, report = demo_export
+    assert code == 0 and report["failures"] == {}
+    assert all((out / name).is_file() for name in LAYOUT)
+    onnx.checker.check_model(str(out / "model.onnx"))
+    assert {name for name in report["files"]} >= set(LAYOUT) - {REPORT_FILE}
+    assert report["files"]["INT8/model.bin"] < report["files"]["FP16/model.bin"] < report["files"]["FP32/model.bin"]
+    assert set(report["seconds"]) >= {"onnx", "convert", "parity", "int8", "accuracy", "total"}
+    assert set(report["versions"]) == {"torch", "onnx", "openvino", "nncf"}
+
+
+def test_demo_export_ovms_repository_serves_the_int8_ir(demo_export):
+    _, out, report = demo_export
+    config = json.loads((out / "ovms" / "config.json").read_text())
+    entry = config["model_config_list"][0]["config"]
+    assert entry == {"name": "babo-ssdlite-256", "base_path": "/models/babo-ssdlite-256"}
+    version = out / "ovms" / "babo-ssdlite-256" / "1"
+    assert (version / "model.bin").read_bytes() == (out / "INT8" / "model.bin").read_bytes()
+    assert report["ovms"]["precision"] == "int8"
+
+
+def test_demo_export_int8_keeps_the_mask_binary(demo_export, tmp_path):
+    _, out, report = demo_export
+    int8 = ov.Core().read_model(str(out / "INT8" / "model.xml"))
+    assert mask_graph.fake_quantizes_on_mask(int8) == []
+    assert mask_graph.quantizers_not_keeping_zero(int8) == []
+    assert report["quantization"]["fake_quantize_nodes"] > 100  # the detector itself is INT8
+    assert report["parity"]["int8"]["mask_non_binary"] == 0
+    coco = CocoDetection(*split_files(_dataset_dir(), "val"))
+    run = openvino_runner(ov.Core().compile_model(int8, "CPU"))
+    masks = [run(to_model_input(coco[i].image, (256, 256))[None])["mask"] for i in range(3)]
+    assert set(np.unique(np.concatenate(masks))) <= {0.0, 1.0}
+
+
+def test_demo_export_parity_and_accuracy(demo_export):
+    _, _, report = demo_export
+    for name in ("onnx", "fp32"):
+        parity = report["parity"][name]
+        assert parity["unmatched"] == 0 and parity["max_score_diff"] <= 1e-4 and parity["max_box_diff"] <= 1e-2
+        assert parity["mask_mismatches"] <= 1e-4 * parity["mask_pixels"]
+    accuracy = report["accuracy"]
+    assert accuracy["images"] == 60
+    fp32, int8 = accuracy["fp32"], accuracy["int8"]
+    assert fp32["metrics"]["AP50"] > 0 and int8["metrics"]["AP50"] > 0
+    assert accuracy["mask_iou"] > 0.95 and abs(accuracy["ap_drop"]) < 3.0
+    # BABO blacks out most of the detector's input: zeros well above the ~46% of a vanilla SSDLite.
+    assert 0.6 < fp32["sparsity"]["od_zero_ratio"] < 0.95
+    assert fp32["sparsity"]["gmac_star"] < 0.6 * fp32["sparsity"]["gmac"]
+    # The INT8 convs read the zero level where FP32 reads 0: the same saving, within mask changes.
+    assert abs(int8["sparsity"]["gmac_star"] / fp32["sparsity"]["gmac_star"] - 1) < 0.03
+    assert accuracy["reports"]["int8"]["schema"] == "babo-edge/mac-report"
+
+
+def test_demo_export_metadata_is_enough_for_the_runtime(demo_export):
+    _, out, _ = demo_export
+    info = openvino_ir.read_model_info(ov.Core().read_model(str(out / "FP16" / "model.xml")))
+    assert info["precision"] == "fp16" and info["outputs"] == "detections"
+    assert (info["input_height"], info["mask_input_height"]) == ("256", "128")
+    assert len(info["labels"].split()) == 6 and len(json.loads(info["convs"])) > 100
+
+
+def _dataset_dir() -> Path:
+    from calibration.synthetic import ensure_default_dataset
+    return ensure_default_dataset()
+
+
+# --- options on a tiny model ------------------------------------------------------------------
+
+TINY = ModelConfig(num_classes=6, input_size=(128, 128), omg_size=(64, 64), width=0.5)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory, tiny_dataset):
+    from export.quantize import CalibrationImages
+    coco = CocoDetection(*split_files(tiny_dataset, "val"))
+    calib = CalibrationImages(TINY.input_size, 4, tiny_dataset)
+    torch.manual_seed(0)
+    model = balanced_omg(build_model(TINY).eval(), [calib[i] for i in range(len(calib))])
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", model, TINY, coco.class_names)
+
+
+def run_tiny(checkpoint, dataset, out, *extra) -> int:
+    return to_ir_main([str(checkpoint), "--output", str(out), "--calib", str(dataset), "--val", str(dataset),
+                       "--subset-size", "4", "--parity-images", "2", *extra])
+
+
+def test_precision_subset_and_accuracy_control(tiny_checkpoint, tiny_dataset, tmp_path):
+    out = tmp_path / "int8_only"
+    assert run_tiny(tiny_checkpoint, tiny_dataset, out, "--precision", "int8", "--max-ap-drop", "0.5") == 0
+    report = json.loads((out / REPORT_FILE).read_text())
+    assert not (out / "FP32").exists() and not (out / "FP16").exists() and (out / "INT8" / "model.xml").is_file()
+    assert report["quantization"]["method"] == "quantize_with_accuracy_control"
+    assert report["quantization"]["max_ap_drop"] == 0.5
+    assert mask_graph.fake_quantizes_on_mask(ov.Core().read_model(str(out / "INT8" / "model.xml"))) == []
+
+
+def test_raw_outputs_dynamic_batch_and_input_size(tiny_checkpoint, tiny_dataset, tmp_path):
+    out = tmp_path / "raw"
+    assert run_tiny(tiny_checkpoint, tiny_dataset, out, "--precision", "fp32", "--raw-outputs",
+                    "--dynamic-batch", "--input-size", "160") == 0
+    report = json.loads((out / REPORT_FILE).read_text())
+    assert report["failures"] == {} and report["parity"]["fp32"]["matched"] > 0
+    model = ov.Core().read_model(str(out / "FP32" / "model.xml"))
+    assert [o.get_any_name() for o in model.outputs] == ["cls_logits", "box_deltas", "mask"]
+    assert model.input(0).get_partial_shape()[0].is_dynamic
+    assert list(model.input(0).get_partial_shape()[1:].to_shape()) == [3, 160, 160]
+    anchors = np.load(out / "model_anchors.npy")
+    assert anchors.shape == (model.output("cls_logits").get_partial_shape()[1].get_length(), 4)
+    assert report["ovms"]["precision"] == "fp32" and report["model"]["omg_size"] == [64, 64]
+
+
+def test_reexport_replaces_the_folder(tiny_checkpoint, tiny_dataset, tmp_path):
+    out = tmp_path / "again"
+    out.mkdir()
+    (out / "stale.txt").write_text("old")
+    assert run_tiny(tiny_checkpoint, tiny_dataset, out, "--precision", "fp32", "--no-val") == 0
+    assert not (out / "stale.txt").exists() and (out / "FP32" / "model.xml").is_file()
+    assert leftovers(tmp_path) == []
+
+
+def test_fewer_calibration_images_than_asked_warns_and_continues(tiny_checkpoint, tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "few"
+    code = to_ir_main([str(tiny_checkpoint), "--output", str(out), "--calib", str(tiny_dataset / "images" / "calib"),
+                       "--subset-size", "50", "--precision", "fp32,int8", "--no-val", "--parity-images", "2"])
+    assert code == 0
+    assert "4 calibration images found, 50 asked for" in capsys.readouterr().err
+    assert json.loads((out / REPORT_FILE).read_text())["quantization"]["calibration_images"] == 4
+
+
+# --- errors: one line, exit 2, nothing written -------------------------------------------------
+
+def error_cases(tmp_path: Path, checkpoint: Path, dataset: Path) -> dict[str, tuple[list[str], str]]:
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    empty = tmp_path / "empty_calib"
+    empty.mkdir()
+    unreadable = tmp_path / "bad_calib"
+    unreadable.mkdir()
+    (unreadable / "a.jpg").write_bytes(b"\x00" * 64)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    return {
+        "missing checkpoint": ([str(tmp_path / "nope.pt")], "nope.pt"),
+        "corrupt checkpoint": ([str(corrupt)], "corrupt.pt"),
+        "empty calibration folder": ([str(checkpoint), "--calib", str(empty)], "no readable images"),
+        "unreadable calibration folder": ([str(checkpoint), "--calib", str(unreadable)], "no readable images"),
+        "unwritable output": ([str(checkpoint), "--output", str(blocker / "out")], "cannot write"),
+        "unsupported input size": ([str(checkpoint), "--input-size", "100"], "unsupported input size 100"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing checkpoint", "corrupt checkpoint", "empty calibration folder",
+                                  "unreadable calibration folder", "unwritable output", "unsupported input size"])
+def test_bad_input_is_one_line_and_writes_nothing(case, tiny_checkpoint, tiny_dataset, tmp_path, capsys):
+    work = tmp_path / "work"
+    work.mkdir()
+    args, message = error_cases(work, tiny_checkpoint, tiny_dataset)[case]
+    out = work / "out"
+    if "--output" not in args:
+        args += ["--output", str(out)]
+    with pytest.warns(UserWarning) if case == "unreadable calibration folder" else nullcontext():
+        code = to_ir_main(args + ["--no-val"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("error: ") and message in err[-1]
+    assert not out.exists() and leftovers(work) == []
+
+
+def test_default_val_of_other_classes_is_skipped_with_a_warning(tmp_path, capsys):
+    config = ModelConfig(num_classes=2, input_size=(64, 64), omg_size=(64, 64), width=0.5)
+    checkpoint = save_checkpoint(tmp_path / "two.pt", build_model(config).eval(), config, ["a", "b"])
+    code = to_ir_main([str(checkpoint), "--precision", "fp32", "--parity-images", "1", "--subset-size", "1"])
+    assert code == 0
+    assert "accuracy not measured" in capsys.readouterr().err
+    report = json.loads((tmp_path / "two_ir" / REPORT_FILE).read_text())
+    assert "accuracy" not in report
+
+
+def test_ctrl_c_leaves_nothing(tiny_checkpoint, tiny_dataset, tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(pipeline, "quantize_int8", interrupted)
+    out = tmp_path / "out"
+    assert run_tiny(tiny_checkpoint, tiny_dataset, out, "--no-val") == 130
+    assert "nothing written" in capsys.readouterr().err
+    assert not out.exists() and leftovers(tmp_path) == []
