@@ -19,7 +19,7 @@ import torch
 from models.builders import ModelConfig
 from models.detector import BABODetector
 from models.profiling import profile
-from runtime.detector import IR_FORMAT, MODEL_INFO, SUPPORTED_FORMAT_VERSIONS, read_model_info
+from runtime.detector import IR_FORMAT, MODEL_INFO, SUPPORTED_FORMAT_VERSIONS
 
 MODEL_TYPE = "babo_ssd"
 IR_FORMAT_VERSION = SUPPORTED_FORMAT_VERSIONS[-1]  # the newest the runtime reads

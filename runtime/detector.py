@@ -9,11 +9,12 @@ tools (the sparsity counters) can run an instrumented copy of the model with the
 """
 from __future__ import annotations
 
+
 import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,9 @@ class Result:
     classes: tuple[str, ...]
     frame_hw: tuple[int, int]
     mask: np.ndarray | None = None  # (h, w) uint8 {0, 1} at the model input size; None without OMG
+    # Every output of the request (e.g. an instrumented model's zero counts), when the Detector
+    # was made with keep_outputs=True.
+    outputs: Mapping[str, np.ndarray] | None = field(default=None, repr=False)
 
     @property
     def label_names(self) -> list[str]:
@@ -229,10 +233,11 @@ class Detector:
     def __init__(self, model: str | os.PathLike | ov.Model, device: str = "CPU", *, hint: str = "LATENCY",
                  cache_dir: str | os.PathLike | None = None, num_requests: int = 0,
                  config: Mapping[str, Any] | None = None, score_threshold: float | None = None,
-                 callback: Callback | None = None, core: ov.Core | None = None):
+                 callback: Callback | None = None, core: ov.Core | None = None, keep_outputs: bool = False):
         """`model`: the .xml path of an IR, or an openvino.Model carrying the same model_info (see
         `from_model`). `config`: extra plugin properties, e.g. {"INFERENCE_PRECISION_HINT": "f32"}.
-        `score_threshold`: default the IR's confidence_threshold."""
+        `score_threshold`: default the IR's confidence_threshold. `keep_outputs`: results carry
+        every output of their request (`Result.outputs`), e.g. for runtime.sparsity counters."""
         core = core or ov.Core()
         in_memory = isinstance(model, ov.Model)
         source = f"model {model.get_friendly_name()!r}" if in_memory else str(model)
@@ -246,6 +251,7 @@ class Detector:
         except RuntimeError as e:
             raise DeviceError(f"cannot compile {source} for {self.device}: {openvino_message(e)}") from None
         self.score_threshold = self.info.confidence_threshold if score_threshold is None else score_threshold
+        self.keep_outputs = keep_outputs
         self._request = self.compiled.create_infer_request()
         self._queue = ov.AsyncInferQueue(self.compiled, num_requests or
                                          self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
@@ -310,7 +316,8 @@ class Detector:
             yield item
 
     def _postprocess(self, outputs: Mapping[str, np.ndarray], frame_hw: tuple[int, int]) -> Result:
-        return postprocess(outputs, frame_hw, self.input_hw, self.score_threshold, self.labels)
+        result = postprocess(outputs, frame_hw, self.input_hw, self.score_threshold, self.labels)
+        return replace(result, outputs=outputs) if self.keep_outputs else result
 
     def _outputs(self, request: ov.InferRequest) -> dict[str, np.ndarray]:
         return {port.get_any_name(): request.get_tensor(port).data.copy() for port in self.compiled.outputs}

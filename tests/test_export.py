@@ -12,10 +12,8 @@ import torch
 
 from export import mask_graph, openvino_ir, parity, quantize
 from export.onnx_export import anchors_path, export_onnx
-from export.pipeline import REPORT_FILE
-from export.to_ir import main as to_ir_main
 from models.builders import ModelConfig, build_model
-from models.checkpoint import save_checkpoint
+from runtime.detector import read_model_info
 from models.profiling import network_convs, profile
 
 CONFIG = ModelConfig(num_classes=3, input_size=(128, 128), omg_size=(64, 64), width=0.5)
@@ -93,7 +91,7 @@ def test_openvino_fp32_matches_pytorch(model, exported, images):
 
 
 def test_model_info_round_trips_through_the_xml(model, exported):
-    info = openvino_ir.read_model_info(ov.Core().read_model(str(exported.xml)))
+    info = read_model_info(ov.Core().read_model(str(exported.xml)))
     assert info == {**exported.info, "precision": "fp32"}
     assert info["labels"] == "red_disc square triangle"
     assert (info["input_height"], info["mask_input_width"]) == ("128", "64")

@@ -12,11 +12,12 @@ import torch
 
 from calibration.coco import CocoDetection
 from calibration.synthetic import split_files
-from export import mask_graph, openvino_ir, pipeline
+from export import mask_graph, pipeline
 from export.parity import openvino_runner
 from export.pipeline import REPORT_FILE
 from export.to_ir import main as to_ir_main
 from models.builders import ModelConfig, build_model
+from runtime.detector import read_model_info
 from models.checkpoint import save_checkpoint
 from models.preprocess import to_model_input
 from tests.test_export import balanced_omg
@@ -95,7 +96,7 @@ def test_demo_export_parity_and_accuracy(demo_export):
 
 def test_demo_export_metadata_is_enough_for_the_runtime(demo_export):
     _, out, _ = demo_export
-    info = openvino_ir.read_model_info(ov.Core().read_model(str(out / "FP16" / "model.xml")))
+    info = read_model_info(ov.Core().read_model(str(out / "FP16" / "model.xml")))
     assert info["precision"] == "fp16" and info["outputs"] == "detections"
     assert (info["input_height"], info["mask_input_height"]) == ("256", "128")
     assert len(info["labels"].split()) == 6 and len(json.loads(info["convs"])) > 100

@@ -1,0 +1,118 @@
+"""The camera app: a babo-edge IR on live frames, with boxes, the blacked-out background, FPS,
+latency and live GMAC* drawn on them.
+
+    python runtime/run_camera.py [--device CPU|GPU|NPU|AUTO] [--model X.xml]
+        [--source 0|video.mp4|image-folder|rtsp://...|demo] [--no-show] [--output out.mp4]
+        [--report report.json] [--plot blocks.png] [--max-frames N] [--score-threshold 0.5]
+        [--hint LATENCY] [--requests 2]
+
+Default model: the exported demo model (models/zoo/babo-ssdlite-256_ir/INT8/model.xml); default
+source: camera 0, else the built-in demo video. Without a display (or with --no-show) no window
+opens; the video and report are still written. Stop with Ctrl-C, q or Esc: the frames in flight
+are finished, the video and the MAC* report are written, and the per-block table is printed.
+Exit 0 after a run (end of source, lost live source, Ctrl-C), 2 on bad input (device, model,
+source, unwritable output, no frame at all: nothing written), 130 on a second Ctrl-C (abort,
+nothing written).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import openvino as ov
+
+from models.accounting import format_report
+from models.cli import positive_int, write_json
+from runtime.camera import (DISPLAY_THRESHOLD, OutputError, Pipeline, SourceError, check_writable, default_source,
+                            display_available, open_source, run)
+from runtime.detector import HINTS, ModelError, read_ir
+from runtime.devices import DeviceError, resolve_device
+from runtime.plots import plot_block_zeros
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = REPO / "models" / "zoo" / "babo-ssdlite-256_ir" / "INT8" / "model.xml"
+EXPORT_COMMAND = "python export/to_ir.py models/zoo/babo-ssdlite-256.pt"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="CPU", help="OpenVINO device: CPU, GPU, NPU, AUTO, ... (default CPU)")
+    parser.add_argument("--model", type=Path, help=f"IR .xml (default: {DEFAULT_MODEL.relative_to(REPO)})")
+    parser.add_argument("--source", help="camera index, video file, folder of images, stream URL or 'demo' "
+                                         "(default: camera 0, else the demo video)")
+    parser.add_argument("--no-show", action="store_true", help="no window (also without a display)")
+    parser.add_argument("--output", type=Path, help="annotated video (mp4v)")
+    parser.add_argument("--report", type=Path, help="MAC* report JSON (models/accounting.py schema)")
+    parser.add_argument("--plot", type=Path, help="PNG of the detector's zeros per block (paper Fig. 5)")
+    parser.add_argument("--score-threshold", type=float, default=DISPLAY_THRESHOLD,
+                        help=f"boxes drawn from this score (default {DISPLAY_THRESHOLD})")
+    parser.add_argument("--max-frames", type=positive_int, help="stop after N frames")
+    parser.add_argument("--hint", type=str.upper, choices=HINTS, default="LATENCY", help="OpenVINO performance hint")
+    parser.add_argument("--requests", type=positive_int, default=2, help="asynchronous inference requests")
+    return parser.parse_args(argv)
+
+
+def model_path(path: Path | None) -> Path:
+    if path is None and not DEFAULT_MODEL.is_file():
+        raise ModelError(f"no model at {DEFAULT_MODEL.relative_to(REPO)}: export the demo model first "
+                         f"({EXPORT_COMMAND}) or pass --model")
+    return path or DEFAULT_MODEL
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return run_app(args)
+    except (DeviceError, ModelError, SourceError, OutputError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # while starting, or a second Ctrl-C
+        print("\naborted: nothing written", file=sys.stderr)
+        return 130
+
+
+def run_app(args: argparse.Namespace) -> int:
+    """Everything is checked before the first frame: a long session never ends in an unwritable path."""
+    core = ov.Core()
+    device = resolve_device(args.device, core)
+    model = model_path(args.model)
+    for path in (args.output, args.report, args.plot):
+        if path:
+            check_writable(path)
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        raise OutputError("--plot needs matplotlib, which is not installed")
+    ir = read_ir(model, core)
+    source = default_source() if args.source is None else open_source(args.source)
+    pipeline = Pipeline(ir, source, device, hint=args.hint, num_requests=args.requests,
+                        score_threshold=args.score_threshold, max_frames=args.max_frames, core=core)
+    show = not args.no_show and display_available()
+    if not args.no_show and not show:
+        print("no display: running without a window")
+    print(f"{source.name} -> {model} on {device}; Ctrl-C{', q or Esc' if show else ''} to stop")
+    session = run(pipeline, output=args.output, show=show,
+                  meta={"model": str(model), "precision": pipeline.detector.info.precision, "hint": args.hint,
+                        "score_threshold": args.score_threshold})
+    if session.report is None:
+        raise SourceError(f"no frame from {source.name} ({session.ended}): nothing written")
+    print(format_report(session.report, per_layer=False))
+    print(f"{session.frames} frames ({session.ended}, {session.dropped} dropped): {session.fps:.1f} FPS, "
+          f"mean latency {session.mean_latency_ms:.1f} ms")
+    if session.video:
+        print(f"video: {session.video}")
+    if args.report:
+        write_json(args.report, session.report)
+        print(f"report: {args.report}")
+    if args.plot:
+        plot_block_zeros(session.report, args.plot)
+        print(f"plot: {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
