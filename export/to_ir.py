@@ -62,6 +62,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     batch = parser.add_mutually_exclusive_group()
     batch.add_argument("--static", dest="dynamic_batch", action="store_false", help="batch 1 (default; NPU)")
     batch.add_argument("--dynamic-batch", dest="dynamic_batch", action="store_true", help="dynamic batch size")
+    parser.set_defaults(dynamic_batch=False)  # two actions share the flag: store_false would default it to True
     parser.add_argument("--raw-outputs", action="store_true",
                         help="output head logits/deltas (+ model_anchors.npy) instead of in-graph decoding and NMS")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="performance",

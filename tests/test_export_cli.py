@@ -99,6 +99,8 @@ def test_demo_export_metadata_is_enough_for_the_runtime(demo_export):
     info = read_model_info(ov.Core().read_model(str(out / "FP16" / "model.xml")))
     assert info["precision"] == "fp16" and info["outputs"] == "detections"
     assert (info["input_height"], info["mask_input_height"]) == ("256", "128")
+    # Static by default: NPUs need it.
+    assert ov.Core().read_model(str(out / "INT8" / "model.xml")).input(0).get_partial_shape().is_static
     assert len(info["labels"].split()) == 6 and len(json.loads(info["convs"])) > 100
 
 

@@ -1,0 +1,124 @@
+"""Latency, throughput and GMAC* of exported models on one device, side by side, with a regression gate.
+
+    python runtime/benchmark.py [--model DIR|XML ...] [--device CPU] [--precision fp32,int8]
+        [--frames 32] [--duration 5] [--pytorch CKPT ...] [--json out.json]
+        [--baseline FILE --max-regression 0.10]
+
+Default models: models/zoo/vanilla-ssdlite-256_ir and models/zoo/babo-ssdlite-256_ir (those
+present). Exit 0, 1 when a row regressed against --baseline (one line per metric), 2 on bad
+input (missing model or device, corrupt baseline), 130 on Ctrl-C. See runtime/latency.py.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import openvino as ov
+
+from calibration.errors import DatasetError
+from models.cli import positive_int, write_json
+from runtime.detector import ModelError
+from runtime.devices import DeviceError, resolve_device
+from runtime.latency import (PRECISIONS, BenchmarkError, Settings, compare_to_baseline, default_model_folders,
+                             format_table, load_val_frames, other_machine, read_baseline, resolve_targets,
+                             run_benchmark)
+
+
+def precision_list(text: str) -> tuple[str, ...]:
+    chosen = tuple(dict.fromkeys(p.strip().lower() for p in text.split(",") if p.strip()))
+    if not chosen or any(p not in PRECISIONS for p in chosen):
+        raise argparse.ArgumentTypeError(f"precisions are a comma list of {', '.join(PRECISIONS)}; got {text!r}")
+    return chosen
+
+
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1), e.g. 0.10; got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", nargs="+", type=Path,
+                        help="export folders (DIR/FP32, DIR/INT8, ...) or IR .xml files; the first row is the "
+                             "reference of the ratios (default: the vanilla and BABO demo exports)")
+    parser.add_argument("--device", default="CPU", help="OpenVINO device: CPU, GPU, NPU, GPU.1, AUTO, ...")
+    parser.add_argument("--precision", type=precision_list, default=("fp32", "int8"),
+                        help="precisions of export folders, comma list of fp32, fp16, int8 (default: fp32,int8)")
+    parser.add_argument("--frames", type=positive_int, default=32, help="val images to run on (default 32)")
+    parser.add_argument("--duration", type=positive_float, default=5.0,
+                        help="minimum seconds of each timed phase per row (default 5)")
+    parser.add_argument("--data", type=Path, help="dataset folder with instances_val.json (default: built-in)")
+    parser.add_argument("--pytorch", nargs="+", type=Path, default=[], metavar="CKPT",
+                        help="also time these checkpoints in PyTorch eager (CPU), as the reference to beat")
+    parser.add_argument("--json", type=Path, help="write the report (schema babo-edge/benchmark) here")
+    parser.add_argument("--baseline", type=Path, help="a previous --json report: exit 1 when a row regressed")
+    parser.add_argument("--max-regression", type=fraction, default=0.10,
+                        help="allowed median latency rise / throughput fall against --baseline (default 0.10)")
+    return parser.parse_args(argv)
+
+
+def model_paths(args: argparse.Namespace) -> list[Path]:
+    """--model, or the default demo exports that are present (a note for each missing one)."""
+    if args.model:
+        return args.model
+    present, notes = default_model_folders()
+    if not present:
+        raise BenchmarkError("; ".join(notes))
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    return present
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    core = ov.Core()
+    try:
+        device = resolve_device(args.device, core)
+        targets = resolve_targets(model_paths(args), args.precision)
+        missing = [path for path in args.pytorch if not path.is_file()]
+        if missing:
+            raise BenchmarkError(f"{missing[0]}: no such checkpoint")
+        baseline = read_baseline(args.baseline) if args.baseline else None
+        frames = load_val_frames(args.frames, args.data)
+        settings = Settings(device=device, frames=args.frames, duration=args.duration)
+        report = run_benchmark(targets, frames, settings, args.pytorch, core)
+    except (BenchmarkError, DatasetError, DeviceError, ModelError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    print(format_table(report))
+    if args.json:
+        write_json(args.json, report)
+        print(f"written to {args.json}")
+    if baseline is None:
+        return 0
+    mismatch = other_machine(baseline, report)
+    if mismatch:
+        print(f"note: {mismatch}")
+    comparison = compare_to_baseline(report["rows"], baseline["rows"], args.max_regression)
+    for line in comparison.not_in_baseline:
+        print(f"note: {line}")
+    for line in comparison.regressions:
+        print(f"regression: {line}", file=sys.stderr)
+    if not comparison.regressions:
+        print(f"no regression against {args.baseline} (limit {args.max_regression:.0%})")
+    return 1 if comparison.regressions else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

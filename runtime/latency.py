@@ -1,0 +1,535 @@
+"""Latency, throughput and MAC* of babo-edge IRs on one device, measured in one run so the rows compare.
+
+Per (model, precision, device) row: compile time, first inference, latency (PERFORMANCE_HINT
+LATENCY, one request, synchronous, after warm-up: median, p90, p99, mean), throughput
+(PERFORMANCE_HINT THROUGHPUT, an AsyncInferQueue of the plugin's optimal number of requests),
+GMAC and GMAC* averaged over the frames (the in-graph zero counters of runtime.sparsity, compiled
+separately so they never slow the timed runs) and what those counters cost. Frames are real
+images: the mask, hence the sparsity, depends on content. Optional PyTorch eager rows give the
+reference the export is meant to beat.
+
+Ratios are row / reference: "latency 0.50x" is twice as fast, "throughput 2.00x" twice as many
+frames/s. The reference is the first row, and for other precisions the FP32 IR of the same model
+on the same device. The regression gate compares rows with a baseline report by (model,
+precision, device).
+
+Torch-free (openvino, numpy, opencv): torch and the models package's networks are imported only
+inside `benchmark_pytorch`, the dataset tools only inside `load_val_frames`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import openvino as ov
+from tqdm import tqdm
+
+from runtime.detector import Detector, compile_config, openvino_message, preprocess, read_ir
+from runtime.sparsity import SparsityCounter, instrument, measure_overhead
+
+SCHEMA = "babo-edge/benchmark"
+VERSION = 1
+PRECISIONS = ("fp32", "fp16", "int8")
+PYTORCH = "pytorch"  # the precision label of a PyTorch eager (FP32) row
+IR_FILE = "model.xml"
+EXPORT_SUFFIX = "_ir"  # export/to_ir.py's default folder: <checkpoint stem>_ir
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_MODELS = (REPO / "models" / "zoo" / "vanilla-ssdlite-256_ir", REPO / "models" / "zoo" / "babo-ssdlite-256_ir")
+WARMUP_RUNS = 5
+
+
+class BenchmarkError(ValueError):
+    """A one-line reason the benchmark cannot run (bad model path, baseline, checkpoint)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """One IR to measure. `precision` None: read from the IR's metadata."""
+
+    name: str
+    xml: Path
+    precision: str | None
+
+
+@dataclass(frozen=True)
+class Settings:
+    device: str = "CPU"
+    frames: int = 32  # distinct val images; every timed phase runs over all of them at least once
+    duration: float = 5.0  # minimum seconds of each timed phase (latency, throughput)
+    overhead_runs: int = 20  # runs of runtime.sparsity.measure_overhead
+
+
+# --- what to measure ---
+
+def model_name(folder: Path) -> str:
+    """The name rows are matched by: the export folder without export/to_ir.py's "_ir" suffix,
+    i.e. the checkpoint stem, which PyTorch rows use too."""
+    name = folder.resolve().name
+    return name[:-len(EXPORT_SUFFIX)] if name.endswith(EXPORT_SUFFIX) and len(name) > len(EXPORT_SUFFIX) else name
+
+
+def shown(path: Path) -> str:
+    """`path` relative to the working directory when below it (for messages and commands)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def export_command(folder: Path) -> str:
+    """The command that makes the export folder `folder`."""
+    checkpoint = folder.with_name(model_name(folder) + ".pt")
+    if folder.name.endswith(EXPORT_SUFFIX) and checkpoint.is_file():
+        return f"python export/to_ir.py {shown(checkpoint)}"
+    return f"python export/to_ir.py CHECKPOINT --output {shown(folder)}"
+
+
+def resolve_targets(paths: Iterable[Path], precisions: Sequence[str]) -> list[Target]:
+    """Export folders (one target per precision, from DIR/<PRECISION>/model.xml) and .xml files."""
+    targets = []
+    for path in map(Path, paths):
+        if path.suffix.lower() == ".xml":
+            if not path.is_file():
+                raise BenchmarkError(f"{path}: no such IR file")
+            in_export = path.parent.name.lower() in PRECISIONS
+            targets.append(Target(model_name(path.parent.parent) if in_export else path.stem, path,
+                                  path.parent.name.lower() if in_export else None))
+            continue
+        if not path.is_dir():
+            raise BenchmarkError(f"{shown(path)}: no such export folder; make it with: {export_command(path)}")
+        present = [p for p in PRECISIONS if (path / p.upper() / IR_FILE).is_file()]
+        for precision in precisions:
+            if precision not in present:
+                raise BenchmarkError(f"{shown(path)} has no {precision.upper()}/{IR_FILE} (precisions present: "
+                                     f"{', '.join(present) or 'none'}); choose with --precision")
+            targets.append(Target(model_name(path), path / precision.upper() / IR_FILE, precision))
+    return targets
+
+
+def default_model_folders(candidates: Sequence[Path] = DEFAULT_MODELS) -> tuple[list[Path], list[str]]:
+    """(the default export folders present, one note per missing one with the command that makes it)."""
+    present = [folder for folder in candidates if folder.is_dir()]
+    notes = [f"{shown(folder)} not found; make it with: {export_command(folder)}"
+             for folder in candidates if not folder.is_dir()]
+    return present, notes
+
+
+def load_val_frames(count: int, dataset: Path | None = None) -> list[np.ndarray]:
+    """The first `count` val images of `dataset` (default: the built-in dataset, generated on
+    first use) as BGR frames, the way a camera gives them."""
+    from calibration.coco import CocoDetection  # dataset tools: only when frames come from a dataset
+    from calibration.synthetic import ensure_default_dataset, split_files
+    split = CocoDetection(*split_files(dataset or ensure_default_dataset(), "val"))
+    return [cv2.cvtColor(split[i].image, cv2.COLOR_RGB2BGR) for i in range(min(count, len(split)))]
+
+
+# --- timing ---
+
+def timed_calls(call: Callable[[np.ndarray], object], inputs: Sequence[np.ndarray], min_seconds: float,
+                min_calls: int) -> list[float]:
+    """Seconds of each call of `call`, cycling through `inputs` until both minimums are met."""
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < min_calls or time.perf_counter() - started < min_seconds:
+        item = inputs[len(times) % len(inputs)]
+        start = time.perf_counter()
+        call(item)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def latency_stats(seconds: Sequence[float]) -> dict[str, float]:
+    """Median, p90, p99 and mean in milliseconds."""
+    ms = 1000 * np.asarray(seconds, dtype=np.float64)
+    median, p90, p99 = np.percentile(ms, [50, 90, 99])
+    return {"median": float(median), "p90": float(p90), "p99": float(p99), "mean": float(ms.mean())}
+
+
+def warm_up(call: Callable[[np.ndarray], object], inputs: Sequence[np.ndarray]) -> None:
+    for i in range(WARMUP_RUNS):
+        call(inputs[i % len(inputs)])
+
+
+def measure_throughput(compiled: ov.CompiledModel, inputs: Sequence[np.ndarray], min_seconds: float) -> dict:
+    """Frames/s of an AsyncInferQueue with the compiled model's optimal number of requests,
+    over at least one pass of `inputs` and `min_seconds`, after one warm-up round."""
+    requests = compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
+    queue = ov.AsyncInferQueue(compiled, requests)
+    for i in range(max(requests, WARMUP_RUNS)):
+        queue.start_async({0: inputs[i % len(inputs)]})
+    queue.wait_all()
+    submitted = 0
+    started = time.perf_counter()
+    while submitted < len(inputs) or time.perf_counter() - started < min_seconds:
+        queue.start_async({0: inputs[submitted % len(inputs)]})  # blocks while every request is busy
+        submitted += 1
+    queue.wait_all()
+    return {"fps": submitted / (time.perf_counter() - started), "infer_requests": requests, "frames": submitted}
+
+
+def compiled_property(compiled: ov.CompiledModel, name: str):
+    """A property of a compiled model, None when its plugin does not report it."""
+    return compiled.get_property(name) if name in compiled.get_property("SUPPORTED_PROPERTIES") else None
+
+
+# --- sparsity ---
+
+def count_sparsity(model: ov.Model, inputs: Sequence[np.ndarray], device: str, overhead_runs: int,
+                   core: ov.Core) -> dict:
+    """GMAC, GMAC*, zeros and FG-ratio averaged over `inputs`, and the counters' latency overhead.
+    Counted on `device`; on a device that cannot compile the counters (int32 reductions) they
+    run on the CPU instead, said so in `sparsity_device`, with no overhead figure."""
+    config = {"PERFORMANCE_HINT": "LATENCY"}
+    counted_on, overhead = device, None
+    try:
+        compiled = core.compile_model(instrument(model), device, config)
+    except RuntimeError as e:
+        print(f"note: the zero counters do not compile on {device} ({openvino_message(e)}); counting on CPU",
+              file=sys.stderr)
+        counted_on, compiled = "CPU", core.compile_model(instrument(model), "CPU", config)
+    counter = SparsityCounter.from_model(model)
+    for item in inputs:
+        counter.add(compiled(item))
+    if counted_on == device:
+        overhead = measure_overhead(model, inputs[0], overhead_runs, device, config)["overhead"]
+    report = counter.report()
+    return {"gmac": report["totals"]["mac"] / 1e9, "gmac_star": report["totals"]["mac_star"] / 1e9,
+            "zero_ratio": report["totals"]["zero_ratio"], "fg_ratio": report["fg_ratio"],
+            "sparsity_device": counted_on, "counter_overhead": overhead}
+
+
+# --- rows ---
+
+def _no_phase(_: str) -> None:
+    pass
+
+
+def benchmark_ir(target: Target, frames: Sequence[np.ndarray], settings: Settings, core: ov.Core,
+                 phase: Callable[[str], None] = _no_phase) -> dict:
+    """One IR row: the timed runs, then the counters on their own compiled copy. `phase` is told
+    what is running (progress display)."""
+    model = read_ir(target.xml, core)
+    phase("compile")
+    started = time.perf_counter()
+    detector = Detector(model, settings.device, hint="LATENCY", num_requests=1, core=core)
+    compile_ms = 1000 * (time.perf_counter() - started)
+    inputs = [preprocess(frame, detector.input_hw) for frame in frames]
+    phase("latency")
+    first_ms = 1000 * timed_calls(detector.run, inputs[:1], 0.0, 1)[0]
+    warm_up(detector.run, inputs)
+    latencies = timed_calls(detector.run, inputs, settings.duration, len(inputs))
+    inference_precision = compiled_property(detector.compiled, "INFERENCE_PRECISION_HINT")
+    row = {"runtime": "openvino", "model": target.name, "precision": target.precision or detector.info.precision,
+           "device": detector.device, "source": str(target.xml), "input_shape": str(model.inputs[0].get_partial_shape()),
+           "inference_precision": None if inference_precision is None else inference_precision.get_type_name(),
+           "threads": compiled_property(detector.compiled, "INFERENCE_NUM_THREADS"),
+           "compile_ms": compile_ms, "first_inference_ms": first_ms,
+           "latency_ms": latency_stats(latencies), "latency_runs": len(latencies)}
+    del detector  # one compiled model at a time: nothing else holds the device while timing
+    phase("throughput")
+    compiled = core.compile_model(model, row["device"], compile_config("THROUGHPUT", None, None))
+    throughput = measure_throughput(compiled, inputs, settings.duration)
+    del compiled
+    row |= {"throughput_fps": throughput["fps"], "infer_requests": throughput["infer_requests"],
+            "throughput_frames": throughput["frames"]}
+    phase("counters")
+    return row | count_sparsity(model, inputs, row["device"], settings.overhead_runs, core)
+
+
+def benchmark_pytorch(checkpoint: Path, frames: Sequence[np.ndarray], settings: Settings,
+                      threads: int | None) -> dict:
+    """A PyTorch eager row (CPU, FP32, `model.detect`: what the IR computes) on the same frames;
+    `threads`: torch.set_num_threads while timing, to match the OpenVINO rows (None: torch's
+    default). Its compile time is the checkpoint's load (read + build); no throughput mode."""
+    import torch  # the only torch import of runtime/: PyTorch rows are optional
+
+    from models.checkpoint import CheckpointError, load_model
+    from models.profiling import mac_report
+    started = time.perf_counter()
+    try:
+        model, ckpt = load_model(checkpoint)
+    except CheckpointError as e:
+        raise BenchmarkError(str(e)) from None
+    load_ms = 1000 * (time.perf_counter() - started)
+    inputs = [torch.from_numpy(preprocess(frame, tuple(ckpt.config.input_size))) for frame in frames]
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or previous_threads)
+    try:
+        with torch.inference_mode():
+            first_ms = 1000 * timed_calls(model.detect, inputs[:1], 0.0, 1)[0]
+            warm_up(model.detect, inputs)
+            latencies = timed_calls(model.detect, inputs, settings.duration, len(inputs))
+        report = mac_report(model, torch.cat(inputs))
+        used_threads = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous_threads)
+    return {"runtime": "pytorch", "model": Path(checkpoint).stem, "precision": PYTORCH, "device": "CPU",
+            "source": str(checkpoint), "input_shape": str(list(inputs[0].shape)), "inference_precision": "f32",
+            "threads": used_threads, "compile_ms": load_ms, "first_inference_ms": first_ms,
+            "latency_ms": latency_stats(latencies), "latency_runs": len(latencies),
+            "throughput_fps": None, "infer_requests": None, "throughput_frames": None,
+            "gmac": report["totals"]["mac"] / 1e9, "gmac_star": report["totals"]["mac_star"] / 1e9,
+            "zero_ratio": report["totals"]["zero_ratio"], "fg_ratio": report["fg_ratio"],
+            "sparsity_device": "CPU", "counter_overhead": None}
+
+
+def openvino_threads(rows: Sequence[dict]) -> int | None:
+    """The threads of the first OpenVINO CPU row, for the PyTorch rows to match."""
+    return next((row["threads"] for row in rows if row["runtime"] == "openvino" and row["threads"]), None)
+
+
+# --- the report ---
+
+def ratio(value: float | None, reference: float | None) -> float | None:
+    return None if value is None or not reference else value / reference
+
+
+def relative(row: dict, reference: dict) -> dict[str, float | None]:
+    """Row / reference of median latency, throughput and GMAC*."""
+    return {"latency": ratio(row["latency_ms"]["median"], reference["latency_ms"]["median"]),
+            "throughput": ratio(row["throughput_fps"], reference["throughput_fps"]),
+            "gmac_star": ratio(row["gmac_star"], reference["gmac_star"])}
+
+
+def with_ratios(rows: Sequence[dict]) -> list[dict]:
+    """Copies of `rows` with `vs_first` (against the first row) and `vs_fp32` (against the FP32 IR
+    row of the same model and device; None for FP32 rows and when there is none)."""
+    fp32 = {(row["model"], row["device"]): row for row in rows
+            if row["runtime"] == "openvino" and row["precision"] == "fp32"}
+    result = []
+    for row in rows:
+        reference = fp32.get((row["model"], row["device"]))
+        compared = reference is not None and reference is not row
+        result.append({**row, "vs_first": relative(row, rows[0]),
+                       "vs_fp32": relative(row, reference) if compared else None})
+    return result
+
+
+def system_load() -> float | None:
+    """The 1-minute load average: work from other processes skews every timing."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
+def machine_info(core: ov.Core, device: str, torch_version: str | None, load_average: float | None) -> dict:
+    def full_name(name: str) -> str:
+        try:
+            return core.get_property(name, "FULL_DEVICE_NAME")
+        except RuntimeError:  # virtual devices (AUTO, MULTI, ...) may not report one
+            return name
+    affinity = getattr(os, "sched_getaffinity", None)
+    return {"cpu": full_name("CPU"), "device": device, "device_name": full_name(device),
+            "cores": os.cpu_count(), "usable_cores": len(affinity(0)) if affinity else os.cpu_count(),
+            "load_average": load_average,
+            "openvino": ov.get_version(), "python": platform.python_version(), "platform": platform.platform(),
+            "torch": torch_version}
+
+
+def run_benchmark(targets: Sequence[Target], frames: Sequence[np.ndarray], settings: Settings,
+                  pytorch: Sequence[Path] = (), core: ov.Core | None = None) -> dict:
+    """Measures every target, then every PyTorch checkpoint, in this order, and returns the
+    report (schema babo-edge/benchmark, version 1). Raises runtime.detector.ModelError,
+    runtime.devices.DeviceError and BenchmarkError, each one line."""
+    if not frames or not (targets or pytorch):
+        raise BenchmarkError("nothing to measure: no frames" if not frames else "nothing to measure: no model")
+    core = core or ov.Core()
+    load_before = system_load()
+    rows: list[dict] = []
+    with tqdm(total=len(targets) + len(pytorch), unit="row", desc="benchmark", file=sys.stderr) as bar:
+        for target in targets:
+            bar.set_description(f"{target.name} {target.precision or ''}".strip())
+            rows.append(benchmark_ir(target, frames, settings, core, bar.set_postfix_str))
+            bar.update()
+        for checkpoint in pytorch:
+            bar.set_description(f"{Path(checkpoint).stem} PyTorch")
+            rows.append(benchmark_pytorch(checkpoint, frames, settings, openvino_threads(rows)))
+            bar.update()
+    return {"schema": SCHEMA, "version": VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "machine": machine_info(core, rows[0]["device"] if targets else settings.device,
+                                    sys.modules["torch"].__version__ if pytorch else None, load_before),
+            "settings": asdict(settings) | {"frames": len(frames), "warmup_runs": WARMUP_RUNS},
+            "rows": with_ratios(rows)}
+
+
+def precision_label(precision: str | None) -> str:
+    return "PyTorch" if precision == PYTORCH else (precision or "?").upper()
+
+
+def _number(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _times(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _overhead(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:+.0f}%"
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str
+    width: int
+    cell: Callable[[dict], str]
+    text: bool = False  # left-aligned
+
+
+# Groups of columns, separated by " | ": measurements, vs the first row, vs FP32 of the same model.
+COLUMNS = (
+    (Column("prec", 7, lambda r: precision_label(r["precision"]), text=True),
+     Column("device", 6, lambda r: r["device"], text=True),
+     Column("exec", 4, lambda r: r["inference_precision"] or "-", text=True),
+     Column("compile", 7, lambda r: f"{r['compile_ms']:.0f}"),
+     Column("first", 6, lambda r: f"{r['first_inference_ms']:.1f}"),
+     Column("median", 6, lambda r: f"{r['latency_ms']['median']:.2f}"),
+     Column("p90", 6, lambda r: f"{r['latency_ms']['p90']:.2f}"),
+     Column("p99", 6, lambda r: f"{r['latency_ms']['p99']:.2f}"),
+     Column("mean", 6, lambda r: f"{r['latency_ms']['mean']:.2f}"),
+     Column("fps", 6, lambda r: _number(r["throughput_fps"], ".1f")),
+     Column("req", 3, lambda r: _number(r["infer_requests"], "d")),
+     Column("GMAC", 5, lambda r: f"{r['gmac']:.3f}"),
+     Column("GMAC*", 5, lambda r: f"{r['gmac_star']:.3f}"),
+     Column("zeros%", 6, lambda r: f"{100 * r['zero_ratio']:.2f}"),
+     Column("count+", 6, lambda r: _overhead(r["counter_overhead"]))),
+    (Column("lat x", 6, lambda r: _times(r["vs_first"]["latency"])),
+     Column("fps x", 6, lambda r: _times(r["vs_first"]["throughput"])),
+     Column("GMAC*x", 6, lambda r: _times(r["vs_first"]["gmac_star"]))),
+    (Column("lat x", 6, lambda r: _times((r["vs_fp32"] or {}).get("latency"))),
+     Column("fps x", 6, lambda r: _times((r["vs_fp32"] or {}).get("throughput")))),
+)
+
+
+def format_table(report: dict) -> str:
+    """The rows side by side: measurements, ratios against the first row, and against the FP32
+    IR of the same model (INT8 vs FP32, PyTorch vs FP32)."""
+    rows, machine, settings = report["rows"], report["machine"], report["settings"]
+    width = max(len("model"), *(len(row["model"]) for row in rows))
+
+    def line(model: str, cell: Callable[[Column], str]) -> str:
+        groups = [" ".join(f"{cell(c):<{c.width}}" if c.text else f"{cell(c):>{c.width}}" for c in group)
+                  for group in COLUMNS]
+        return f"{model:<{width}} " + " | ".join(groups)
+
+    header = line("model", lambda column: column.header)
+    measured, vs_first = (sum(c.width + 1 for c in group) - 1 for group in COLUMNS[:2])
+    lines = [f"{'':<{width + measured}}  | {'vs first row':<{vs_first}} | vs FP32", header, "-" * len(header)]
+    lines += [line(row["model"], lambda column, row=row: column.cell(row)) for row in rows]
+    lines += ["", f"ms: compile, first inference, latency (LATENCY hint, 1 request, sync, {settings['frames']} frames, "
+                  f">= {settings['duration']:g} s); fps: THROUGHPUT hint, req async requests; exec: execution precision;",
+              "GMAC(*): mean per frame; count+: latency cost of the zero counters; x: row / reference (latency, "
+              "GMAC*: lower is better; fps: higher is better),",
+              f"the reference being the first row ({rows[0]['model']} {precision_label(rows[0]['precision'])}), "
+              "then the FP32 IR of the same model on the same device.",
+              f"{machine['device_name']}, {machine['cores']} cores (load average {_number(machine['load_average'], '.1f')} "
+              f"before the run), OpenVINO {machine['openvino']}, Python {machine['python']}"
+              + (f", torch {machine['torch']}" if machine["torch"] else "")]
+    return "\n".join(lines)
+
+
+# --- the regression gate ---
+
+ROW_KEY = ("model", "precision", "device")
+
+
+@dataclass(frozen=True)
+class Gate:
+    metric: str
+    unit: str
+    value: Callable[[dict], float | None]
+    higher_is_worse: bool
+
+
+GATES = (Gate("median latency", "ms", lambda row: row["latency_ms"]["median"], True),
+         Gate("throughput", "frames/s", lambda row: row.get("throughput_fps"), False))
+
+
+def row_label(row: dict) -> str:
+    return f"{row['model']} {precision_label(row['precision'])} on {row['device']}"
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+def baseline_row_problem(row) -> str | None:
+    """What makes `row` unusable as a baseline row (None: usable). Throughput may be None (PyTorch rows)."""
+    if not isinstance(row, dict) or not all(isinstance(row.get(key), str) for key in ROW_KEY):
+        return f"lacks {'/'.join(ROW_KEY)}"
+    latency = row.get("latency_ms")
+    if not isinstance(latency, dict) or not _is_number(latency.get("median")):
+        return f"({row_label(row)}) has no valid latency_ms median"
+    if row.get("throughput_fps") is not None and not _is_number(row["throughput_fps"]):
+        return f"({row_label(row)}) has an invalid throughput_fps {row['throughput_fps']!r}"
+    return None
+
+
+def check_baseline(data, source: str) -> dict:
+    """`data` if it is a benchmark report with usable rows, else a one-line BenchmarkError saying why."""
+    if not isinstance(data, dict) or (data.get("schema"), data.get("version")) != (SCHEMA, VERSION):
+        found = (f"schema {data.get('schema')!r} version {data.get('version')!r}" if isinstance(data, dict)
+                 else f"a JSON {type(data).__name__}")
+        raise BenchmarkError(f"baseline {source}: not a {SCHEMA} version {VERSION} report ({found})")
+    rows = data.get("rows")
+    if not isinstance(rows, list) or not rows:
+        raise BenchmarkError(f"baseline {source}: no rows")
+    for i, row in enumerate(rows):
+        problem = baseline_row_problem(row)
+        if problem:
+            raise BenchmarkError(f"baseline {source}: row {i} {problem}")
+    return data
+
+
+def read_baseline(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise BenchmarkError(f"baseline {path}: cannot read it ({e.strerror or e})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BenchmarkError(f"baseline {path}: not a JSON file ({e})") from None
+    return check_baseline(data, str(path))
+
+
+def other_machine(baseline: dict, report: dict) -> str | None:
+    """Why `baseline` may not be comparable (measured on another device or OpenVINO), or None.
+    Timings only compare on one machine: a baseline belongs to one runner."""
+    before, now = baseline.get("machine") or {}, report["machine"]
+    differences = [f"{key} {before.get(key)!r} (now {now[key]!r})" for key in ("device_name", "cores", "openvino")
+                   if before.get(key) != now[key]]
+    return "the baseline was measured with " + ", ".join(differences) if differences else None
+
+
+@dataclass(frozen=True)
+class Comparison:
+    regressions: list[str]  # one line per regressed metric
+    not_in_baseline: list[str]  # one line per row the baseline lacks (reported, not failed)
+
+
+def compare_to_baseline(rows: Sequence[dict], baseline: Sequence[dict], max_regression: float) -> Comparison:
+    """Rows matched by (model, precision, device): a regression is a median latency more than
+    `max_regression` (a fraction) above the baseline's, or a throughput more than it below."""
+    reference = {tuple(row[key] for key in ROW_KEY): row for row in baseline}
+    regressions, missing = [], []
+    for row in rows:
+        base = reference.get(tuple(row[key] for key in ROW_KEY))
+        if base is None:
+            missing.append(f"{row_label(row)}: not in the baseline, not compared")
+            continue
+        for gate in GATES:
+            current, before = gate.value(row), gate.value(base)
+            if current is None or before is None:
+                continue
+            change = current / before - 1
+            worse = change > max_regression if gate.higher_is_worse else change < -max_regression
+            if worse:
+                regressions.append(f"{row_label(row)}: {gate.metric} {current:.2f} {gate.unit} vs {before:.2f} in the "
+                                   f"baseline ({change:+.1%}, limit {'+' if gate.higher_is_worse else '-'}"
+                                   f"{max_regression:.0%})")
+    return Comparison(regressions, missing)
