@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -26,7 +27,7 @@ if __package__ in (None, ""):
 
 import openvino as ov
 
-from models.accounting import format_report
+from models.accounting import REPORT_SCHEMA, format_report
 from models.cli import positive_int, write_json
 from runtime.camera import (DISPLAY_THRESHOLD, OutputError, Pipeline, SourceError, check_writable, default_source,
                             display_available, open_source, run)
@@ -50,6 +51,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, help="annotated video (mp4v)")
     parser.add_argument("--report", type=Path, help="MAC* report JSON (models/accounting.py schema)")
     parser.add_argument("--plot", type=Path, help="PNG of the detector's zeros per block (paper Fig. 5)")
+    parser.add_argument("--compare", type=Path, help="a report of another run (e.g. the vanilla model's "
+                                                     "--report) whose bars --plot draws beside this run's")
     parser.add_argument("--score-threshold", type=float, default=DISPLAY_THRESHOLD,
                         help=f"boxes drawn from this score (default {DISPLAY_THRESHOLD})")
     parser.add_argument("--max-frames", type=positive_int, help="stop after N frames")
@@ -63,6 +66,22 @@ def model_path(path: Path | None) -> Path:
         raise ModelError(f"no model at {DEFAULT_MODEL.relative_to(REPO)}: export the demo model first "
                          f"({EXPORT_COMMAND}) or pass --model")
     return path or DEFAULT_MODEL
+
+
+def read_report(path: Path) -> dict:
+    """A MAC* report (models.accounting schema) to draw beside this run's; checked before the run."""
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise OutputError(f"--compare {path}: cannot read a JSON report ({e})") from None
+    if not isinstance(report, dict) or report.get("schema") != REPORT_SCHEMA or "od" not in report.get("networks", {}):
+        raise OutputError(f"--compare {path}: not a {REPORT_SCHEMA} report with a detector section")
+    return report
+
+
+def _model_name(report: dict) -> str:
+    model = Path(report.get("meta", {}).get("model", "other"))
+    return model.parent.parent.name or model.name
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,6 +106,7 @@ def run_app(args: argparse.Namespace) -> int:
             check_writable(path)
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         raise OutputError("--plot needs matplotlib, which is not installed")
+    other = read_report(args.compare) if args.compare else None
     ir = read_ir(model, core)
     source = default_source() if args.source is None else open_source(args.source)
     pipeline = Pipeline(ir, source, device, hint=args.hint, num_requests=args.requests,
@@ -109,7 +129,8 @@ def run_app(args: argparse.Namespace) -> int:
         write_json(args.report, session.report)
         print(f"report: {args.report}")
     if args.plot:
-        plot_block_zeros(session.report, args.plot)
+        labels = (model.parent.parent.name or "this run", _model_name(other) if other else "")
+        plot_block_zeros(session.report, args.plot, other, labels)
         print(f"plot: {args.plot}")
     return 0
 

@@ -138,6 +138,21 @@ def test_headless_run_over_a_video_writes_video_report_and_plot(tmp_path, xml, v
     assert leftovers(out) == []
 
 
+def test_plot_draws_a_compared_report_beside_and_refuses_a_bad_one(tmp_path, xml, video100, capsys):
+    first, second = tmp_path / "first.json", tmp_path / "second.png"
+    base = ["--model", str(xml), "--source", str(video100), "--no-show", "--max-frames", "5"]
+    assert run_camera.main(base + ["--report", str(first), "--plot", str(tmp_path / "alone.png")]) == 0
+    assert run_camera.main(base + ["--plot", str(second), "--compare", str(first)]) == 0
+    # Two bar series are wider to encode than one: the compared report is drawn.
+    assert second.stat().st_size > (tmp_path / "alone.png").stat().st_size
+    not_a_report = tmp_path / "not.json"
+    not_a_report.write_text('{"schema": "something else"}')
+    capsys.readouterr()
+    assert run_camera.main(base + ["--plot", str(tmp_path / "x.png"), "--compare", str(not_a_report)]) == 2
+    assert "not a babo-edge/mac-report report" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_max_frames_stops_the_capture(ov_model, video100):
     pipeline = camera.Pipeline(ov_model, camera.open_source(str(video100)), max_frames=7)
     session = camera.run(pipeline)
