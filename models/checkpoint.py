@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from models.builders import ModelConfig, build_model
+from models.cli import make_readable
 from models.detector import BABODetector
 
 FORMAT = "babo-edge-checkpoint"
@@ -73,6 +74,7 @@ def _write(path: Path, payload: dict) -> Path:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
+        make_readable(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

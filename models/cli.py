@@ -33,7 +33,7 @@ def write_json(path: Path, data) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a report is for everyone to read
+        make_readable(tmp)
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=1)
         os.replace(tmp, path)
@@ -42,7 +42,9 @@ def write_json(path: Path, data) -> None:
         raise
 
 
-def _umask() -> int:
+def make_readable(path: str | os.PathLike) -> None:
+    """The permissions of a file made with open() (0666 less the umask): mkstemp's 0600 would
+    hide a report or figure written atomically from everyone else."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    os.chmod(path, 0o666 & ~mask)

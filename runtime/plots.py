@@ -9,6 +9,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from models.cli import make_readable
+
 DETECTOR = "od"
 
 
@@ -55,6 +57,7 @@ def _save_atomically(figure, path: Path) -> Path:
     try:
         with os.fdopen(handle, "wb") as file:
             figure.savefig(file, format="png", dpi=120)
+        make_readable(temporary)
         os.replace(temporary, path)
     except BaseException:
         os.unlink(temporary)

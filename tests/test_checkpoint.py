@@ -7,6 +7,7 @@ import torch
 
 from models.builders import ModelConfig, build_model
 from models.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from models.cli import write_json
 
 CONFIG = ModelConfig(num_classes=3, input_size=(128, 128), omg_size=(64, 64), width=0.5)
 NAMES = ["disc", "square", "star"]
@@ -151,3 +152,15 @@ def test_release_drops_the_optimizer_state_only(saved, tmp_path):
     assert shipped.metadata == {"epochs": 3, "released": "test"}
     assert all(torch.equal(v, shipped.od_state[k]) for k, v in original.od_state.items())
     load_model(out)
+
+
+def test_atomic_writes_are_readable_like_ordinary_files(saved, tmp_path):
+    """mkstemp makes 0600 files; a checkpoint or report is published with open()'s permissions."""
+    umask = os.umask(0o022)
+    try:
+        report = tmp_path / "report.json"
+        write_json(report, {"a": 1})
+        checkpoint = save_checkpoint(tmp_path / "again.pt", saved[0], CONFIG, NAMES)
+    finally:
+        os.umask(umask)
+    assert report.stat().st_mode & 0o777 == checkpoint.stat().st_mode & 0o777 == 0o644
