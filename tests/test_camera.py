@@ -227,7 +227,9 @@ def test_a_live_source_that_never_delivers_gives_no_report(ov_model, capsys):
 def test_ctrl_c_mid_stream_finishes_the_frames_in_flight(ov_model, video100, tmp_path, capsys):
     source = camera.CaptureSource("clip", lambda: InterruptingCapture(video100, at=30), live=False)
     session = camera.run(camera.Pipeline(ov_model, source), output=tmp_path / "out.mp4")
-    assert session.ended == "stopped" and 30 <= session.frames < 100
+    # The signal arrives while frame 30 is read: whether that frame is submitted before the stop
+    # is seen is a race; every frame submitted before it is finished.
+    assert session.ended == "stopped" and 29 <= session.frames < 100
     assert len(read_video(tmp_path / "out.mp4")) == session.frames == session.report["images"]
     assert leftovers(tmp_path) == [] and "stopping" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
