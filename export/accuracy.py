@@ -14,8 +14,8 @@ import numpy as np
 from tqdm import tqdm
 
 from calibration.coco import CocoDetection
-from export.parity import Outputs, Runner
-from models.accounting import LayerCount, ReportAccumulator
+from export.parity import Outputs, Parity, Runner, compare_masks
+from models.accounting import LayerCount, ReportAccumulator, figures
 from models.preprocess import to_model_input
 from train.evaluation import coco_detections, coco_metrics, instance_recall, recall_summary
 
@@ -35,10 +35,8 @@ class SplitAccuracy:
     def as_dict(self) -> dict:
         summary = None
         if self.report is not None:
-            summary = {"zero_ratio": self.report["totals"]["zero_ratio"],
-                       "od_zero_ratio": self.report["networks"]["od"]["totals"]["zero_ratio"],
-                       "gmac": self.report["totals"]["mac"] / 1e9,
-                       "gmac_star": self.report["totals"]["mac_star"] / 1e9}
+            summary = {**figures(self.report["totals"]),
+                       "od_zero_ratio": self.report["networks"]["od"]["totals"]["zero_ratio"]}
         return {"metrics": self.metrics, "fg_ratio": self.fg_ratio, "instance_recall": self.instance_recall,
                 "mask_iou": self.mask_iou, "sparsity": summary}
 
@@ -49,7 +47,7 @@ class _ModelTally:
         self.fg: list[float] = []
         self.hits: list[np.ndarray] = []
         self.areas: list[np.ndarray] = []
-        self.intersection = self.union = 0
+        self.agreement = Parity()  # masks against the reference model's
         self.zeros = ReportAccumulator()
 
 
@@ -81,9 +79,7 @@ def evaluate_runners(runners: dict[str, Runner], coco: CocoDetection, input_hw: 
                 image_hits, image_areas = instance_recall(sample.instance_masks, sample.iscrowd, mask)
                 tally.hits.append(image_hits)
                 tally.areas.append(image_areas)
-                reference = outputs[reference_name]["mask"][0, 0] > 0.5
-                tally.intersection += int((mask & reference).sum())
-                tally.union += int((mask | reference).sum())
+                compare_masks(tally.agreement, outputs[reference_name]["mask"], out["mask"])
             if name in zero_counters:
                 tally.zeros.add(zero_counters[name](out), fg)
     return {name: _result(tally, coco, image_ids, name == reference_name) for name, tally in tallies.items()}
@@ -91,14 +87,11 @@ def evaluate_runners(runners: dict[str, Runner], coco: CocoDetection, input_hw: 
 
 def _result(tally: _ModelTally, coco: CocoDetection, image_ids: list[int], is_reference: bool) -> SplitAccuracy:
     has_mask = bool(tally.fg)
-    mask_iou = None
-    if has_mask and not is_reference:
-        mask_iou = tally.intersection / tally.union if tally.union else 1.0
     return SplitAccuracy(
         metrics=coco_metrics(coco, tally.detections, image_ids),
         fg_ratio=float(np.mean(tally.fg)) if has_mask else None,
         instance_recall=recall_summary(np.concatenate(tally.hits), np.concatenate(tally.areas)) if has_mask else None,
-        mask_iou=mask_iou,
+        mask_iou=tally.agreement.mask_iou if has_mask and not is_reference else None,
         report=tally.zeros.report({"ann_file": str(coco.ann_file)}) if tally.zeros.images else None)
 
 

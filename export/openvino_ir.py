@@ -19,6 +19,7 @@ import torch
 from models.builders import ModelConfig
 from models.detector import BABODetector
 from models.profiling import profile
+from runtime.artifacts import PRECISIONS
 from runtime.detector import IR_FORMAT, MODEL_INFO, SUPPORTED_FORMAT_VERSIONS
 
 MODEL_TYPE = "babo_ssd"
@@ -150,7 +151,7 @@ def set_model_info(model: ov.Model, info: dict[str, str]) -> None:
 def save_ir(model: ov.Model, xml_path: str | os.PathLike, precision: str) -> Path:
     """Saves `model` ("fp32" or "fp16" weights; "int8" for a quantized model, kept as it is)
     with its precision recorded in model_info."""
-    if precision not in ("fp32", "fp16", "int8"):
+    if precision not in PRECISIONS:
         raise ValueError(f"unknown IR precision {precision!r}")
     xml_path = Path(xml_path)
     xml_path.parent.mkdir(parents=True, exist_ok=True)

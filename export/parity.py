@@ -137,7 +137,7 @@ def compare(reference: Runner, candidate: Runner, images: Iterable[np.ndarray]) 
         parity.images += 1
         _compare_detections(parity, expected["detections"], actual["detections"])
         if "mask" in expected:
-            _compare_masks(parity, expected["mask"], actual["mask"])
+            compare_masks(parity, expected["mask"], actual["mask"])
     return parity
 
 
@@ -161,7 +161,8 @@ def _compare_detections(parity: Parity, expected: np.ndarray, actual: np.ndarray
                 parity.unmatched += 1
 
 
-def _compare_masks(parity: Parity, expected: np.ndarray, actual: np.ndarray) -> None:
+def compare_masks(parity: Parity, expected: np.ndarray, actual: np.ndarray) -> None:
+    """Adds one pair of masks (any shape, values 0/1) to `parity`'s mask figures."""
     parity.mask_non_binary += int((~np.isin(actual, (0, 1))).sum())
     expected, actual = expected > 0.5, actual > 0.5
     parity.mask_pixels += expected.size

@@ -39,12 +39,12 @@ from export.quantize import quantize_int8, quantize_int8_with_accuracy_control
 from models.builders import ModelConfig
 from models.checkpoint import Checkpoint
 from models.detector import BABODetector
+from runtime.artifacts import PRECISIONS, ir_path
 from runtime.sparsity import conv_layers, instrument, layer_counts
 
 REPORT_FILE = "export_report.json"
 REPORT_SCHEMA = "babo-edge/export-report"
 REPORT_VERSION = 1
-PRECISIONS = ("fp32", "fp16", "int8")
 TOLERANCES = {"onnx": FP32_TOLERANCE, "fp32": FP32_TOLERANCE, "fp16": BINARY_MASK_ONLY, "int8": BINARY_MASK_ONLY}
 SIZE_STEP = 32  # the detector's output stride: sizes that are not multiples get misaligned maps
 SIZE_RANGE = (64, 2048)
@@ -149,31 +149,33 @@ def _export(model, checkpoint, checkpoint_path, work: Path, calibration, validat
         info = model_info(model, config, checkpoint.class_names, ov_model)
         info["outputs"] = "raw" if options.raw_outputs else "detections"
         set_model_info(ov_model, info)
-        irs = {precision: save_ir(ov_model, work / precision.upper() / "model.xml", precision)
+        irs = {precision: save_ir(ov_model, ir_path(work, precision), precision)
                for precision in ("fp32", "fp16") if precision in options.precisions}
 
     def decoded(runner: Runner) -> Runner:
         return decoding_runner(runner, model, input_hw) if options.raw_outputs else runner
 
-    fp32 = decoded(openvino_runner(compile_fp32(ov_model)))
     parity_images = list(calibration[i] for i in range(min(options.parity_images, len(calibration))))
     parities = {}
     with timer("parity"):
         reference = decoded(torch_runner(model, raw=options.raw_outputs))
-        candidates = {"onnx": decoded(onnxruntime_runner(onnx_path))}
-        candidates |= {precision: decoded(openvino_runner(compile_fp32(path))) for precision, path in irs.items()}
-        for name, runner in candidates.items():
+        runners = {"onnx": decoded(onnxruntime_runner(onnx_path))}
+        runners |= {precision: decoded(openvino_runner(compile_fp32(path))) for precision, path in irs.items()}
+        for name, runner in runners.items():
             parities[name] = compare(reference, runner, parity_images)
+    # INT8 and the accuracy pass compare against FP32, saved or not.
+    runners.setdefault("fp32", decoded(openvino_runner(compile_fp32(ov_model))))
 
-    int8_runner = None
+    models = {"fp32": ov_model}
     if "int8" in options.precisions:
         with timer("int8"):
             int8 = _quantize(ov_model, calibration, validation, input_hw, options, decoded)
             report["quantization"] = int8.summary
             int8.model.set_rt_info(json.dumps(int8.summary), [MODEL_INFO, "quantization"])
-            irs["int8"] = save_ir(int8.model, work / "INT8" / "model.xml", "int8")
-        int8_runner = decoded(openvino_runner(ov.Core().compile_model(int8.model, "CPU")))
-        parities["int8"] = compare(fp32, int8_runner, parity_images)
+            irs["int8"] = save_ir(int8.model, ir_path(work, "int8"), "int8")
+        models["int8"] = int8.model
+        runners["int8"] = decoded(openvino_runner(ov.Core().compile_model(int8.model, "CPU")))
+        parities["int8"] = compare(runners["fp32"], runners["int8"], parity_images)
 
     for name, parity in parities.items():
         report["parity"][name] = parity.as_dict()
@@ -183,8 +185,8 @@ def _export(model, checkpoint, checkpoint_path, work: Path, calibration, validat
 
     if validation is not None:
         with timer("accuracy"):
-            report["accuracy"] = _accuracy(ov_model, int8.model if int8_runner else None, validation,
-                                           input_hw, options, decoded)
+            report["accuracy"] = _accuracy({name: (ov_model, runners[name]) for name, ov_model in models.items()},
+                                           validation, input_hw, _val_indices(validation, options))
 
     with timer("ovms"):
         served = "int8" if "int8" in irs else next(iter(irs))
@@ -223,22 +225,20 @@ def _val_indices(validation: CocoDetection, options: ExportOptions) -> list[int]
     return list(range(count))
 
 
-def _accuracy(fp32_model: ov.Model, int8_model: ov.Model | None, validation: CocoDetection, input_hw,
-              options: ExportOptions, decoded) -> dict:
-    """FP32 and INT8 IR on the validation split. Detections and masks come from the IR as it
-    is deployed; the zero counts from an instrumented copy run on the same input, because
-    watching conv inputs keeps the CPU plugin from fusing some INT8 ops and changes rounding."""
-    models = {"fp32": fp32_model} | ({"int8": int8_model} if int8_model is not None else {})
+def _accuracy(models: dict[str, tuple[ov.Model, Runner]], validation: CocoDetection, input_hw,
+              indices: list[int]) -> dict:
+    """The models on the validation split: {name: (model, its deployed runner)}, "fp32" first.
+    Detections and masks come from the deployed runner; the zero counts from an instrumented
+    copy run on the same input, because watching conv inputs keeps the CPU plugin from fusing
+    some INT8 ops and changes rounding."""
     runners, counters = {}, {}
-    for name, ov_model in models.items():
+    for name, (ov_model, deployed) in models.items():
         compile_model = compile_fp32 if name == "fp32" else partial(ov.Core().compile_model, device_name="CPU")
-        deployed = decoded(openvino_runner(compile_model(ov_model)))
         counted = openvino_runner(compile_model(instrument(ov_model)))
         runners[name] = lambda images, deployed=deployed, counted=counted: {**counted(images), **deployed(images)}
         counters[name] = lambda outputs, layers=conv_layers(ov_model): layer_counts(outputs, layers)[0]
-    results: dict[str, SplitAccuracy] = evaluate_runners(runners, validation, input_hw,
-                                                         _val_indices(validation, options), counters)
-    section = {"ann_file": str(validation.ann_file), "images": len(_val_indices(validation, options)),
+    results: dict[str, SplitAccuracy] = evaluate_runners(runners, validation, input_hw, indices, counters)
+    section = {"ann_file": str(validation.ann_file), "images": len(indices),
                **{name: result.as_dict() for name, result in results.items()}}
     if "int8" in results:
         section["ap_drop"] = results["fp32"].metrics["AP"] - results["int8"].metrics["AP"]

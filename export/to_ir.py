@@ -24,20 +24,13 @@ import nncf
 from calibration.coco import CocoDetection
 from calibration.errors import DatasetError
 from calibration.synthetic import ensure_default_dataset, split_files
-from export.pipeline import (PRECISIONS, REPORT_FILE, ExportError, ExportOptions, export_all, export_config,
+from export.pipeline import (REPORT_FILE, ExportError, ExportOptions, export_all, export_config,
                              format_summary, prepare_output)
 from export.quantize import PRESETS, CalibrationImages, MaskQuantizedError
 from models.checkpoint import CheckpointError, load_model
-from models.cli import positive_int
+from models.cli import choice_list, positive_int
+from runtime.artifacts import PRECISIONS, default_export_dir
 from train.evaluation import check_classes
-
-
-def precision_list(text: str) -> tuple[str, ...]:
-    chosen = tuple(dict.fromkeys(p.strip().lower() for p in text.split(",") if p.strip()))
-    unknown = [p for p in chosen if p not in PRECISIONS]
-    if unknown or not chosen:
-        raise argparse.ArgumentTypeError(f"precisions are a comma list of {', '.join(PRECISIONS)}; got {text!r}")
-    return chosen
 
 
 def non_negative_float(text: str) -> float:
@@ -54,7 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--calib", type=Path, help="calibration data: a folder of images, or a dataset folder "
                                                    "with instances_calib.json (default: built-in calib split)")
     parser.add_argument("--subset-size", type=positive_int, default=300, help="calibration images to use")
-    parser.add_argument("--precision", type=precision_list, default=PRECISIONS,
+    parser.add_argument("--precision", type=choice_list(PRECISIONS, "precisions"), default=PRECISIONS,
                         help="comma list of fp32, fp16, int8 (default: all)")
     parser.add_argument("--max-ap-drop", type=non_negative_float,
                         help="INT8 with nncf.quantize_with_accuracy_control: AP points allowed to be lost on --val")
@@ -102,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         config = export_config(checkpoint.config, args.input_size)
         calibration = CalibrationImages(config.input_size, args.subset_size, args.calib)
         validation = open_validation(args, checkpoint.class_names, model)
-        output = args.output or args.checkpoint.with_name(f"{args.checkpoint.stem}_ir")
+        output = args.output or default_export_dir(args.checkpoint)
         work = prepare_output(output)
     except (CheckpointError, DatasetError, ExportError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -153,6 +153,11 @@ class ReportAccumulator:
         return build_report(counts, fg_ratio=fg, images=self.images, meta=meta)
 
 
+def figures(totals: dict) -> dict[str, float]:
+    """gmac, gmac_star and zero_ratio of a report's `totals` section (or a network's)."""
+    return {"gmac": totals["mac"] / 1e9, "gmac_star": totals["mac_star"] / 1e9, "zero_ratio": totals["zero_ratio"]}
+
+
 def format_report(report: dict, *, per_layer: bool = True) -> str:
     """A readable table: per layer (optional), per block and totals, in GMAC / GMAC* / zeros%."""
     lines = []

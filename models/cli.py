@@ -21,6 +21,16 @@ def parse_size(text: str) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
+def choice_list(choices: tuple[str, ...], what: str):
+    """Argument type: a comma list of `choices` ('fp32,INT8' -> ('fp32', 'int8')), duplicates dropped."""
+    def parse(text: str) -> tuple[str, ...]:
+        chosen = tuple(dict.fromkeys(p.strip().lower() for p in text.split(",") if p.strip()))
+        if not chosen or any(p not in choices for p in chosen):
+            raise argparse.ArgumentTypeError(f"{what} are a comma list of {', '.join(choices)}; got {text!r}")
+        return chosen
+    return parse
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:

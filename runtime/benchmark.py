@@ -20,19 +20,13 @@ if __package__ in (None, ""):
 import openvino as ov
 
 from calibration.errors import DatasetError
-from models.cli import positive_int, write_json
+from models.cli import choice_list, positive_int, write_json
 from runtime.detector import ModelError
 from runtime.devices import DeviceError, resolve_device
-from runtime.latency import (PRECISIONS, BenchmarkError, Settings, compare_to_baseline, default_model_folders,
+from runtime.artifacts import PRECISIONS
+from runtime.latency import (BenchmarkError, Settings, compare_to_baseline, default_model_folders,
                              format_table, load_val_frames, other_machine, read_baseline, resolve_targets,
                              run_benchmark)
-
-
-def precision_list(text: str) -> tuple[str, ...]:
-    chosen = tuple(dict.fromkeys(p.strip().lower() for p in text.split(",") if p.strip()))
-    if not chosen or any(p not in PRECISIONS for p in chosen):
-        raise argparse.ArgumentTypeError(f"precisions are a comma list of {', '.join(PRECISIONS)}; got {text!r}")
-    return chosen
 
 
 def fraction(text: str) -> float:
@@ -55,7 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="export folders (DIR/FP32, DIR/INT8, ...) or IR .xml files; the first row is the "
                              "reference of the ratios (default: the vanilla and BABO demo exports)")
     parser.add_argument("--device", default="CPU", help="OpenVINO device: CPU, GPU, NPU, GPU.1, AUTO, ...")
-    parser.add_argument("--precision", type=precision_list, default=("fp32", "int8"),
+    parser.add_argument("--precision", type=choice_list(PRECISIONS, "precisions"), default=("fp32", "int8"),
                         help="precisions of export folders, comma list of fp32, fp16, int8 (default: fp32,int8)")
     parser.add_argument("--frames", type=positive_int, default=32, help="val images to run on (default 32)")
     parser.add_argument("--duration", type=positive_float, default=5.0,

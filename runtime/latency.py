@@ -32,17 +32,15 @@ import numpy as np
 import openvino as ov
 from tqdm import tqdm
 
+from models.accounting import figures
+from runtime.artifacts import EXPORT_SUFFIX, IR_FILE, PRECISIONS, ZOO, default_export_dir, ir_path
 from runtime.detector import Detector, compile_config, openvino_message, preprocess, read_ir
 from runtime.sparsity import SparsityCounter, instrument, measure_overhead
 
 SCHEMA = "babo-edge/benchmark"
 VERSION = 1
-PRECISIONS = ("fp32", "fp16", "int8")
 PYTORCH = "pytorch"  # the precision label of a PyTorch eager (FP32) row
-IR_FILE = "model.xml"
-EXPORT_SUFFIX = "_ir"  # export/to_ir.py's default folder: <checkpoint stem>_ir
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_MODELS = (REPO / "models" / "zoo" / "vanilla-ssdlite-256_ir", REPO / "models" / "zoo" / "babo-ssdlite-256_ir")
+DEFAULT_MODELS = tuple(default_export_dir(ZOO / f"{name}.pt") for name in ("vanilla-ssdlite-256", "babo-ssdlite-256"))
 WARMUP_RUNS = 5
 
 
@@ -105,12 +103,12 @@ def resolve_targets(paths: Iterable[Path], precisions: Sequence[str]) -> list[Ta
             continue
         if not path.is_dir():
             raise BenchmarkError(f"{shown(path)}: no such export folder; make it with: {export_command(path)}")
-        present = [p for p in PRECISIONS if (path / p.upper() / IR_FILE).is_file()]
+        present = [p for p in PRECISIONS if ir_path(path, p).is_file()]
         for precision in precisions:
             if precision not in present:
                 raise BenchmarkError(f"{shown(path)} has no {precision.upper()}/{IR_FILE} (precisions present: "
                                      f"{', '.join(present) or 'none'}); choose with --precision")
-            targets.append(Target(model_name(path), path / precision.upper() / IR_FILE, precision))
+            targets.append(Target(model_name(path), ir_path(path, precision), precision))
     return targets
 
 
@@ -201,8 +199,7 @@ def count_sparsity(model: ov.Model, inputs: Sequence[np.ndarray], device: str, o
     if counted_on == device:
         overhead = measure_overhead(model, inputs[0], overhead_runs, device, config)["overhead"]
     report = counter.report()
-    return {"gmac": report["totals"]["mac"] / 1e9, "gmac_star": report["totals"]["mac_star"] / 1e9,
-            "zero_ratio": report["totals"]["zero_ratio"], "fg_ratio": report["fg_ratio"],
+    return {**figures(report["totals"]), "fg_ratio": report["fg_ratio"],
             "sparsity_device": counted_on, "counter_overhead": overhead}
 
 
@@ -276,8 +273,7 @@ def benchmark_pytorch(checkpoint: Path, frames: Sequence[np.ndarray], settings: 
             "threads": used_threads, "compile_ms": load_ms, "first_inference_ms": first_ms,
             "latency_ms": latency_stats(latencies), "latency_runs": len(latencies),
             "throughput_fps": None, "infer_requests": None, "throughput_frames": None,
-            "gmac": report["totals"]["mac"] / 1e9, "gmac_star": report["totals"]["mac_star"] / 1e9,
-            "zero_ratio": report["totals"]["zero_ratio"], "fg_ratio": report["fg_ratio"],
+            **figures(report["totals"]), "fg_ratio": report["fg_ratio"],
             "sparsity_device": "CPU", "counter_overhead": None}
 
 

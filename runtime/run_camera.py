@@ -29,14 +29,14 @@ import openvino as ov
 
 from models.accounting import REPORT_SCHEMA, format_report
 from models.cli import positive_int, write_json
+from runtime.artifacts import REPO, ZOO, default_export_dir, ir_path
 from runtime.camera import (DISPLAY_THRESHOLD, OutputError, Pipeline, SourceError, check_writable, default_source,
                             display_available, open_source, run)
 from runtime.detector import HINTS, ModelError, read_ir
 from runtime.devices import DeviceError, resolve_device
 from runtime.plots import plot_block_zeros
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = REPO / "models" / "zoo" / "babo-ssdlite-256_ir" / "INT8" / "model.xml"
+DEFAULT_MODEL = ir_path(default_export_dir(ZOO / "babo-ssdlite-256.pt"), "int8")
 EXPORT_COMMAND = "python export/to_ir.py models/zoo/babo-ssdlite-256.pt"
 
 

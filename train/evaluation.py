@@ -22,7 +22,7 @@ from tqdm import tqdm
 from calibration.coco import SIZE_BUCKETS, CocoDetection, Sample
 from calibration.errors import DatasetError
 from calibration.synthetic import split_files
-from models.accounting import ReportAccumulator
+from models.accounting import ReportAccumulator, figures
 from models.detector import BABODetector
 from models.postprocess import detect
 from models.profiling import profile
@@ -235,14 +235,9 @@ def evaluate(model: BABODetector, data: DataSpec, *, input_size: tuple[int, int]
     report = accumulator.report({"ann_file": str(coco.ann_file), "mask_source": source})
     recall = recall_summary(np.concatenate(hits), np.concatenate(areas)) if hits else None
     return EvalResult(metrics=coco_metrics(coco, detections, image_ids), mask_source=source,
-                      fg_ratio=report["fg_ratio"], instance_recall=recall, **_figures(report["totals"]),
-                      networks={net: _figures(section["totals"]) for net, section in report["networks"].items()},
+                      fg_ratio=report["fg_ratio"], instance_recall=recall, **figures(report["totals"]),
+                      networks={net: figures(section["totals"]) for net, section in report["networks"].items()},
                       images=count, report=report)
-
-
-def _figures(totals: dict) -> dict[str, float]:
-    """gmac, gmac_star and zero_ratio of a report's totals section."""
-    return {"gmac": totals["mac"] / 1e9, "gmac_star": totals["mac_star"] / 1e9, "zero_ratio": totals["zero_ratio"]}
 
 
 # --- the table ---------------------------------------------------------------------------------
