@@ -87,20 +87,52 @@ def ovms_name(checkpoint_path: str | os.PathLike) -> str:
     return name.strip("-") or "model"
 
 
-def prepare_output(output: str | os.PathLike) -> Path:
-    """Creates the hidden work folder beside `output`; ExportError when that is impossible."""
-    output = Path(output)
-    if output.exists() and not output.is_dir():
+EXPORT_MARKER = ".babo-edge-export"  # written into every export folder: only such a folder is ever replaced
+
+
+def is_previous_export(folder: Path) -> bool:
+    """True for an export folder of this package (the marker, or a report of ours from before it)."""
+    if (folder / EXPORT_MARKER).is_file():
+        return True
+    try:
+        return json.loads((folder / REPORT_FILE).read_text(encoding="utf-8")).get("schema") == REPORT_SCHEMA
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_replaceable(output: Path) -> None:
+    """ExportError unless `output` is absent, an empty folder, or a previous export of this package:
+    a folder of the user's is never deleted."""
+    if not output.exists():
+        return
+    if not output.is_dir():
         raise ExportError(f"output {str(output)!r} exists and is not a folder")
+    if any(output.iterdir()) and not is_previous_export(output):
+        raise ExportError(f"output {str(output)!r} is a folder that is not a babo-edge export and would be "
+                          f"replaced: choose a new or empty folder")
+
+
+def prepare_output(output: str | os.PathLike) -> Path:
+    """Creates the hidden work folder beside `output`; ExportError when that is impossible or when
+    `output` holds something that is not a previous export."""
+    output = Path(output)
+    check_replaceable(output)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+        work = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
     except OSError as e:
         raise ExportError(f"cannot write the output folder {str(output)!r}: {e.strerror or e}") from None
+    umask = os.umask(0)
+    os.umask(umask)
+    work.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the published folder gets ordinary permissions
+    (work / EXPORT_MARKER).write_text(json.dumps({"schema": REPORT_SCHEMA}) + "\n", encoding="utf-8")
+    return work
 
 
 def publish(work: Path, output: Path) -> None:
-    """Replaces `output` by the finished `work` folder (the old one is removed last)."""
+    """Replaces `output` by the finished `work` folder (the old one is removed last), checked again
+    so that a folder that appeared during the export is not lost either."""
+    check_replaceable(output)
     old = None
     if output.exists():
         old = work.with_name(work.name.replace(".partial-", ".old-"))

@@ -1,6 +1,8 @@
 """`python export/to_ir.py`: the demo checkpoint end to end, the artifact layout, options, every
 input error (exit 2, nothing written) and Ctrl-C (exit 130, nothing written)."""
 import json
+import os
+import stat
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -154,13 +156,52 @@ def test_raw_outputs_dynamic_batch_and_input_size(tiny_checkpoint, tiny_dataset,
     assert report["ovms"]["precision"] == "fp32" and report["model"]["omg_size"] == [64, 64]
 
 
-def test_reexport_replaces_the_folder(tiny_checkpoint, tiny_dataset, tmp_path):
+def test_reexport_replaces_a_previous_export(tiny_checkpoint, tiny_dataset, tmp_path):
     out = tmp_path / "again"
-    out.mkdir()
+    assert run_tiny(tiny_checkpoint, tiny_dataset, out, "--precision", "fp32", "--no-val") == 0
     (out / "stale.txt").write_text("old")
     assert run_tiny(tiny_checkpoint, tiny_dataset, out, "--precision", "fp32", "--no-val") == 0
     assert not (out / "stale.txt").exists() and (out / "FP32" / "model.xml").is_file()
     assert leftovers(tmp_path) == []
+
+
+def test_a_folder_of_the_users_is_refused_and_kept(tiny_checkpoint, tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my work")
+    assert run_tiny(tiny_checkpoint, tiny_dataset, out, "--precision", "fp32", "--no-val") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "not a babo-edge export" in err[-1]
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "my work"
+    assert leftovers(tmp_path) == []
+
+
+def test_an_empty_folder_is_used_and_published_with_ordinary_permissions(tiny_checkpoint, tiny_dataset,
+                                                                          tmp_path):
+    out = tmp_path / "empty"
+    out.mkdir()
+    umask = os.umask(0o022)
+    try:
+        assert run_tiny(tiny_checkpoint, tiny_dataset, out, "--precision", "fp32", "--no-val") == 0
+    finally:
+        os.umask(umask)
+    assert (out / "FP32" / "model.xml").is_file() and pipeline.is_previous_export(out)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+
+
+def test_a_folder_that_appears_during_the_export_is_not_replaced(tiny_checkpoint, tiny_dataset, tmp_path,
+                                                                   monkeypatch, capsys):
+    out = tmp_path / "raced"
+    real_export = pipeline._export
+
+    def export_while_the_user_writes(*args, **kwargs):
+        report = real_export(*args, **kwargs)
+        out.mkdir()
+        (out / "theirs.txt").write_text("x")
+        return report
+    monkeypatch.setattr(pipeline, "_export", export_while_the_user_writes)
+    assert run_tiny(tiny_checkpoint, tiny_dataset, out, "--precision", "fp32", "--no-val") == 2
+    assert [p.name for p in out.iterdir()] == ["theirs.txt"] and leftovers(tmp_path) == []
 
 
 def test_fewer_calibration_images_than_asked_warns_and_continues(tiny_checkpoint, tiny_dataset, tmp_path, capsys):
@@ -212,6 +253,7 @@ def test_bad_input_is_one_line_and_writes_nothing(case, tiny_checkpoint, tiny_da
 
 
 def test_default_val_of_other_classes_is_skipped_with_a_warning(tmp_path, capsys):
+    torch.manual_seed(0)  # untrained weights: near-tied scores must not depend on the tests run before
     config = ModelConfig(num_classes=2, input_size=(64, 64), omg_size=(64, 64), width=0.5)
     checkpoint = save_checkpoint(tmp_path / "two.pt", build_model(config).eval(), config, ["a", "b"])
     code = to_ir_main([str(checkpoint), "--precision", "fp32", "--parity-images", "1", "--subset-size", "1"])
