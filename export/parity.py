@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from export.onnx_export import INPUT_NAME, ExportGraph
-from models.detector import BABODetector
-from models.postprocess import detect
+from models.blackout import MaskPyramid
+from models.detector import BABODetector, BABOOutput
 
 Outputs = dict[str, np.ndarray]
 BOX_MATCH_PX = 0.5
@@ -42,17 +42,21 @@ def torch_runner(model: BABODetector, raw: bool = False) -> Runner:
 
 
 def decoding_runner(runner: Runner, model: BABODetector, input_hw: tuple[int, int]) -> Runner:
-    """A raw-output runner (cls_logits, box_deltas) turned into a `detections` runner by the
-    package's own post-processing on the host, as a client without NMS in the graph would."""
+    """A raw-output runner (cls_logits, box_deltas, mask) turned into a `detections` runner by
+    the package's own post-processing on the host, as a client without NMS in the graph would
+    (mask-aware: the anchors the mask blacks out score 0)."""
     with torch.no_grad():
-        anchors = model.detector(model.normalize(torch.zeros(1, 3, *input_hw)))[2]
+        _, _, anchors, feature_hws = model.detector(model.normalize(torch.zeros(1, 3, *input_hw)))
 
     def run(images: np.ndarray) -> Outputs:
         outputs = runner(images)
+        mask = outputs.get("mask")
+        alive = None if mask is None else MaskPyramid(torch.from_numpy(mask)).anchor_alive(
+            feature_hws, model.detector.anchors_per_location)
+        raw = BABOOutput(torch.from_numpy(outputs["cls_logits"]), torch.from_numpy(outputs["box_deltas"]),
+                         anchors, None, None, alive)
         with torch.no_grad():
-            detections = detect(torch.from_numpy(outputs["cls_logits"]), torch.from_numpy(outputs["box_deltas"]),
-                                anchors, input_hw, model.detector.coder, model.detector.score_activation,
-                                model.postprocess)
+            detections = model.decode(raw, input_hw)
         return {**outputs, "detections": detections.numpy()}
     return run
 

@@ -30,11 +30,13 @@ class SSDPriorConfig:
         return [2 + 2 * len(r) for r in self.ratios]
 
 
-def ssdlite_priors() -> SSDPriorConfig:
-    """MMDetection's SSDLite priors (defined at 320 px: min 48..304, max 100..320), as fractions."""
+def ssdlite_priors(first_min_size: float | None = None) -> SSDPriorConfig:
+    """MMDetection's SSDLite priors (defined at 320 px: min 48..304, max 100..320), as fractions;
+    `first_min_size` replaces the first level's 48/320 (its max size stays 100/320)."""
     base = 320.0
+    first = 48 / base if first_min_size is None else first_min_size
     return SSDPriorConfig(
-        min_sizes=tuple(s / base for s in (48, 100, 150, 202, 253, 304)),
+        min_sizes=(first, *(s / base for s in (100, 150, 202, 253, 304))),
         max_sizes=tuple(s / base for s in (100, 150, 202, 253, 304, 320)),
         ratios=((2, 3),) * 6,
     )

@@ -33,6 +33,17 @@ class MaskPyramid:
             mask = F.max_pool2d(mask, 2, 2, ceil_mode=True)
             self.levels[static_hw(mask.shape)] = mask
 
+    def anchor_alive(self, feature_hws: list[tuple[int, int]], anchors_per_location: list[int]) -> torch.Tensor:
+        """(N, A) bool: the anchors whose cell is foreground at the mask level of its feature map,
+        in the heads' order (level by level, location-major, anchor-minor). Every conv input is
+        masked, so a head's last conv reads zeros at a blacked-out cell and gives its bias there:
+        such an anchor carries no evidence and is background by construction."""
+        alive = []
+        for hw, per_location in zip(feature_hws, anchors_per_location):
+            cells = self.at(hw).flatten(1)  # (N, H*W)
+            alive.append(cells[:, :, None].expand(-1, -1, per_location).reshape(cells.shape[0], -1))
+        return torch.cat(alive, dim=1) > 0
+
     def at(self, hw: tuple[int, int]) -> torch.Tensor:
         try:
             return self.levels[static_hw(hw)]

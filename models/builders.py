@@ -39,6 +39,9 @@ class ModelConfig:
     mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    # SSDLite: the smallest prior (first level) as a fraction of the input side; None keeps
+    # MMDetection's 48/320. A configuration, not the architecture: small objects need it.
+    first_prior_size: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,12 +69,12 @@ def mnv2_ssdlite(config: ModelConfig) -> SingleShotDetector:
     widths 0.75 and 0.5 (scaling the extras too would give 0.885 GMAC instead of 0.95 at 0.5)."""
     backbone = MobileNetV2(config.width)
     depths = SSDLITE_EXTRA_DEPTHS
-    priors = ssdlite_priors()
+    priors = ssdlite_priors(config.first_prior_size)
     head = SSDHead((*backbone.tap_channels, *depths), priors.anchors_per_location(),
                    config.num_classes + 1, depthwise=True)
     return SingleShotDetector(backbone, SSDLiteExtras(backbone.tap_channels[1], depths), head,
                               partial(ssd_priors, priors), BoxCoder((0.1, 0.1, 0.2, 0.2)),
-                              "softmax", config.num_classes)
+                              "softmax", config.num_classes, priors.anchors_per_location())
 
 
 # --- heavy detectors of the paper's Table 5 (MMDetection 2.x configs) ----------------------
@@ -88,7 +91,8 @@ def vgg16_ssd512(config: ModelConfig) -> SingleShotDetector:
     head = SSDHead(neck.out_channels, priors.anchors_per_location(), config.num_classes + 1,
                    depthwise=False)
     return SingleShotDetector(backbone, neck, head, partial(ssd_priors, priors),
-                              BoxCoder((0.1, 0.1, 0.2, 0.2)), "softmax", config.num_classes)
+                              BoxCoder((0.1, 0.1, 0.2, 0.2)), "softmax", config.num_classes,
+                              priors.anchors_per_location())
 
 
 def retinanet_r101(config: ModelConfig) -> SingleShotDetector:
@@ -98,7 +102,7 @@ def retinanet_r101(config: ModelConfig) -> SingleShotDetector:
     backbone = ResNet()
     return SingleShotDetector(backbone, FPN(tuple(backbone.out_channels)), RetinaHead(config.num_classes),
                               retinanet_anchors, BoxCoder((1.0, 1.0, 1.0, 1.0)), "sigmoid",
-                              config.num_classes)
+                              config.num_classes, [9] * 5)
 
 
 DETECTORS: dict[str, Callable[[ModelConfig], SingleShotDetector]] = {

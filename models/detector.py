@@ -17,14 +17,15 @@ AnchorFn = Callable[[list[tuple[int, int]], tuple[int, int]], torch.Tensor]
 class SingleShotDetector(nn.Module):
     """Backbone + neck + head with the anchors that match its feature maps.
 
-    forward returns raw outputs: class logits (N, A, C'), box deltas (N, A, 4) and anchors
-    (A, 4). Anchors depend only on the feature-map and input sizes and are cached per size
-    (constants in an exported graph).
+    forward returns raw outputs: class logits (N, A, C'), box deltas (N, A, 4), anchors (A, 4)
+    and the feature-map sizes of the levels. Anchors depend only on the feature-map and input
+    sizes and are cached per size (constants in an exported graph).
     """
 
     def __init__(self, backbone: nn.Module, neck: nn.Module, head: nn.Module, anchor_fn: AnchorFn,
-                 coder: BoxCoder, score_activation: str, num_classes: int):
+                 coder: BoxCoder, score_activation: str, num_classes: int, anchors_per_location: list[int]):
         super().__init__()
+        self.anchors_per_location = list(anchors_per_location)
         self.backbone = backbone
         self.neck = neck
         self.head = head
@@ -40,14 +41,14 @@ class SingleShotDetector(nn.Module):
             self._anchor_cache[key] = self.anchor_fn(list(feature_hws), tuple(image_hw))
         return self._anchor_cache[key]
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
         features = self.neck(self.backbone(x))
         cls, box = self.head(features)
         hws = [tuple(int(s) for s in f.shape[-2:]) for f in features]
         anchors = self.anchors(hws, tuple(int(s) for s in x.shape[-2:])).to(x.device)
         if anchors.shape[0] != cls.shape[1]:
             raise RuntimeError(f"{anchors.shape[0]} anchors for {cls.shape[1]} head outputs")
-        return cls, box, anchors
+        return cls, box, anchors, hws
 
 
 class BABOOutput(NamedTuple):
@@ -56,6 +57,7 @@ class BABOOutput(NamedTuple):
     anchors: torch.Tensor  # (A, 4) xyxy input pixels
     mask: torch.Tensor | None  # (N, 1, H, W) binary (soft while training with soft-argmax)
     omg_logits: torch.Tensor | None  # (N, 2, H, W) OMG logits upsampled to the detector size
+    alive: torch.Tensor | None = None  # (N, A) bool: anchors on a foreground cell of their level (None: no mask)
 
 
 class BABODetector(nn.Module):
@@ -103,14 +105,21 @@ class BABODetector(nn.Module):
             mask, omg_logits = self.objectness_mask(x)
         self.blackout.set_mask(mask)
         try:
-            cls, box, anchors = self.detector(x)
+            cls, box, anchors, hws = self.detector(x)
+            pyramid = self.blackout.pyramid
+            alive = None if pyramid is None else pyramid.anchor_alive(hws, self.detector.anchors_per_location)
         finally:
             self.blackout.set_mask(None)
-        return BABOOutput(cls, box, anchors, mask, omg_logits)
+        return BABOOutput(cls, box, anchors, mask, omg_logits, alive)
 
     def detect(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Detections (K, 7) = (image, label, score, x1, y1, x2, y2) and the mask used."""
         out = self(images, mask)
-        dets = detect(out.cls_logits, out.box_deltas, out.anchors, tuple(images.shape[-2:]),
-                      self.detector.coder, self.detector.score_activation, self.postprocess)
-        return dets, out.mask
+        return self.decode(out, tuple(images.shape[-2:])), out.mask
+
+    def decode(self, out: BABOOutput, image_hw: tuple[int, int]) -> torch.Tensor:
+        """Raw outputs -> detections (K, 7). Blacked-out anchors score 0 (mask-aware
+        post-processing): they are background by construction, and would otherwise all carry
+        the same bias-only scores."""
+        return detect(out.cls_logits, out.box_deltas, out.anchors, image_hw, self.detector.coder,
+                      self.detector.score_activation, self.postprocess, out.alive)

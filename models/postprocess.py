@@ -92,9 +92,12 @@ def _greedy_nms(boxes, scores, max_per_class: int, iou_threshold: float, score_t
 
 def detect(cls_logits: torch.Tensor, box_deltas: torch.Tensor, anchors: torch.Tensor,
            image_hw: tuple[int, int], coder: BoxCoder, activation: str,
-           config: PostprocessConfig) -> torch.Tensor:
-    """Raw head outputs -> detections (K, 7), see the module docstring."""
+           config: PostprocessConfig, alive: torch.Tensor | None = None) -> torch.Tensor:
+    """Raw head outputs -> detections (K, 7), see the module docstring. `alive` (N, A) bool:
+    anchors outside it score 0, so they are never kept (the score threshold is > 0)."""
     scores = class_scores(cls_logits, activation)
+    if alive is not None:
+        scores = scores * alive[..., None].to(scores.dtype)
     n, a, c = scores.shape
     k = min(config.pre_nms_top_k, a * c)
     top_scores, flat_idx = scores.reshape(n, a * c).topk(k, dim=1)

@@ -7,6 +7,7 @@ from torch import nn
 from models.blackout import (MaskPyramid, hard_argmax, random_mask, sg_argmax, soft_argmax,
                              spectral_residual_mask)
 from models.builders import ModelConfig, build_model
+from models.postprocess import detect
 
 
 def conv_inputs(model, images, mask=None):
@@ -152,3 +153,43 @@ def test_spectral_residual_finds_a_salient_object():
     assert mask[0, 0, 50:62, 60:72].mean() == 1
     assert mask[0, 0, 100:, :30].sum() == 0
     assert mask.mean() < 0.1
+
+
+def test_anchor_alive_follows_the_heads_order_level_by_level():
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[0, 0, 0, 3] = 1  # top-right pixel
+    pyramid = MaskPyramid(mask)
+    alive = pyramid.anchor_alive([(4, 4), (2, 2), (1, 1)], [2, 3, 1])
+    expected = torch.zeros(16 * 2 + 4 * 3 + 1, dtype=torch.bool)
+    expected[3 * 2:3 * 2 + 2] = True  # level 0: cell 3, its 2 anchors
+    expected[32 + 1 * 3:32 + 1 * 3 + 3] = True  # level 1: cell (0, 1), its 3 anchors
+    expected[-1] = True  # level 2: the one cell
+    assert torch.equal(alive[0], expected)
+
+
+def test_blacked_out_anchors_output_the_head_bias_and_are_never_detected():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(num_classes=3, input_size=(64, 64), omg=False, width=0.5)).eval()
+    images = torch.rand(1, 3, 64, 64) * 255
+    mask = torch.zeros(1, 1, 64, 64)
+    mask[..., 8:24, 40:60] = 1
+    with torch.no_grad():
+        out = model(images, mask)
+        dets, _ = model.detect(images, mask)
+        stock = detect(out.cls_logits, out.box_deltas, out.anchors, (64, 64), model.detector.coder,
+                       "softmax", model.postprocess)
+    alive = out.alive[0]
+    assert 0 < int(alive.sum()) < alive.numel()
+    # level 0 (4x4 cells, 6 anchors each): a blacked-out cell gives exactly the last conv's bias
+    first = model.detector.head.cls[0][-1].bias.view(6, 4)
+    level0 = out.cls_logits[0, :16 * 6].view(16, 6, 4)
+    dead_cells = ~alive[:16 * 6].view(16, 6)[:, 0]
+    assert dead_cells.any() and torch.equal(level0[dead_cells], first.expand(int(dead_cells.sum()), 6, 4))
+    # every detection comes from a live anchor: same score and box as one of them
+    scores = torch.softmax(out.cls_logits[0], dim=-1)[:, :-1]
+    boxes = model.detector.coder.decode(out.box_deltas[0], out.anchors).clamp(0, 64)
+    assert dets.shape[0] > 0
+    for _, label, score, *box in dets.tolist():
+        same = ((scores[:, int(label)] - score).abs() < 1e-6) & ((boxes - torch.tensor(box)).abs().max(dim=1).values < 1e-3)
+        assert same.any() and alive[same].all()
+    assert stock.shape[0] > dets.shape[0]  # without the zeroing, bias-only anchors are detected

@@ -75,3 +75,42 @@ def test_multibox_hard_negative_mining_ratio():
     assert loss.positives == 1
     assert loss.cls.item() == pytest.approx(expected.item(), rel=1e-5)
     assert loss.box.item() == pytest.approx(0.0, abs=1e-6)  # anchor == GT: zero delta
+
+
+# --- mask-aware detection loss -----------------------------------------------------------------
+
+def test_blacked_out_anchors_leave_the_loss_and_dead_positives_are_counted():
+    # 6 anchors side by side, 2 classes + background; one GT on anchor 0 and one on anchor 4.
+    anchors = torch.tensor([[10.0 * i, 0, 10.0 * i + 10, 10] for i in range(6)])
+    gt_boxes = [torch.tensor([[0.0, 0, 10, 10], [40.0, 0, 50, 10]])]
+    gt_labels = [torch.tensor([0, 1])]
+    coder = BoxCoder((0.1, 0.1, 0.2, 0.2))
+    logits = torch.tensor([[[2.0, 0, 0], [0, 0, 3], [1, 0, 0], [0, 2, 0], [0, 1, 0], [0, 0, 1]]])
+    deltas = torch.full((1, 6, 4), 0.5)
+    alive = torch.tensor([[True, False, True, False, False, True]])  # anchor 4's GT is blacked out
+    loss = multibox_loss(logits, deltas, anchors, gt_boxes, gt_labels, coder, alive=alive)
+    ce = -F.log_softmax(logits[0], dim=1)
+    # Live positive: anchor 0 (class 0). Live negatives: anchors 2 and 5; 3 per positive asked,
+    # only 2 are alive, so both count; anchors 1 and 3 (blacked out) are never mined.
+    expected_cls = ce[0, 0] + ce[2, 2] + ce[5, 2]
+    expected_box = F.smooth_l1_loss(deltas[0, 0], torch.zeros(4), beta=1.0, reduction="sum")
+    assert loss.positives == 1 and loss.dead_positives == 1
+    assert loss.cls.item() == pytest.approx(expected_cls.item(), rel=1e-6)
+    assert loss.box.item() == pytest.approx(expected_box.item(), rel=1e-6)
+    stock = multibox_loss(logits, deltas, anchors, gt_boxes, gt_labels, coder)
+    assert stock.positives == 2 and stock.dead_positives == 0
+    # without the mask anchor 1 (logit 3 on background: easy) loses to anchor 3 (hard) and the
+    # second positive enters: a different loss, so the mask is what changed it
+    assert stock.cls.item() != pytest.approx(loss.cls.item())
+
+
+def test_gradients_never_reach_blacked_out_anchors():
+    anchors = torch.tensor([[10.0 * i, 0, 10.0 * i + 10, 10] for i in range(4)])
+    logits = torch.randn(1, 4, 3, requires_grad=True)
+    deltas = torch.randn(1, 4, 4, requires_grad=True)
+    alive = torch.tensor([[True, True, False, False]])
+    loss = multibox_loss(logits, deltas, anchors, [torch.tensor([[20.0, 0, 30, 10], [0.0, 0, 10, 10]])],
+                         [torch.tensor([1, 0])], BoxCoder((0.1, 0.1, 0.2, 0.2)), alive=alive)
+    (loss.cls + loss.box).backward()
+    assert torch.all(logits.grad[0, 2:] == 0) and torch.all(deltas.grad[0, 2:] == 0)
+    assert torch.any(logits.grad[0, :2] != 0)

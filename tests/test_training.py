@@ -13,7 +13,9 @@ from calibration.synthetic import split_files
 from models.builders import ModelConfig
 from models.checkpoint import load_checkpoint
 from train.data import DetectionData, collate
-from train.engine import TrainConfig, compute_losses, lr_at, make_optimizer, prepare_model, train, train_step
+from models.checkpoint import save_checkpoint
+from train.engine import (TrainConfig, compute_losses, lr_at, make_optimizer, omg_loss_config, prepare_model,
+                          set_train_mode, train, train_step)
 from train.losses import OMGLossConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,3 +111,51 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert err.startswith("error: ") and "\n" not in err
     assert main(["--mode", "pipeline", "--mask-source", "bogus", "--data", str(tmp_path)]) == 2
     assert "unknown mask source" in capsys.readouterr().err
+
+
+def batchnorm_stats(module):
+    return [b.clone() for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)
+            for b in (m.running_mean, m.running_var)]
+
+
+def test_pipeline_fine_tuning_keeps_the_frozen_omg_and_the_detector_statistics(tiny_dataset, tmp_path):
+    torch.manual_seed(0)
+    init = tmp_path / "init.pt"
+    base = config_for("e2e", tiny_dataset, tmp_path)
+    save_checkpoint(init, prepare_model(base), base.model, [str(i) for i in range(6)])
+    config = config_for("pipeline", tiny_dataset, tmp_path, mask_source="omg", init=str(init), omg_init=str(init))
+    assert config.masked and config.frozen_bn and not replace(config, bn="train").frozen_bn
+    model = prepare_model(config)
+    set_train_mode(config, model)
+    assert not model.omg.training and model.detector.training
+    omg_stats, od_stats = batchnorm_stats(model.omg), batchnorm_stats(model.detector)
+    coco = CocoDetection(*split_files(tiny_dataset, "train"))
+    batch = collate([DetectionData(coco, (128, 128), train=True)[i] for i in range(4)])
+    with torch.no_grad():
+        mask_before = model.objectness_mask(model.normalize(batch.images))[0]
+    stats = train_step(config, model, model, make_optimizer(config, model), batch)
+    assert all(torch.equal(a, b) for a, b in zip(omg_stats, batchnorm_stats(model.omg)))
+    assert all(torch.equal(a, b) for a, b in zip(od_stats, batchnorm_stats(model.detector)))
+    with torch.no_grad():  # dropout off, statistics fixed: the masks it trains on are its eval masks
+        assert torch.equal(mask_before, model.objectness_mask(model.normalize(batch.images))[0])
+    assert stats["positives"] + stats["dead_positives"] > 0
+
+
+def test_vanilla_training_updates_batchnorm_statistics(tiny_dataset, tmp_path):
+    config = config_for("vanilla", tiny_dataset, tmp_path)
+    assert not config.masked and not config.frozen_bn
+    model = prepare_model(config)
+    set_train_mode(config, model)
+    before = batchnorm_stats(model.detector)
+    coco = CocoDetection(*split_files(tiny_dataset, "train"))
+    batch = collate([DetectionData(coco, (128, 128), train=True)[i] for i in range(4)])
+    train_step(config, model, model, make_optimizer(config, model), batch)
+    assert not all(torch.equal(a, b) for a, b in zip(before, batchnorm_stats(model.detector)))
+
+
+def test_mask_dilation_is_given_at_the_omg_resolution():
+    config = TrainConfig(mode="omg", model=ModelConfig(input_size=(256, 256), omg_size=(128, 128)),
+                         omg_loss=OMGLossConfig(dilation=5))
+    assert omg_loss_config(config).dilation == 10
+    same = replace(config, model=ModelConfig(input_size=(128, 128), omg_size=(128, 128)))
+    assert omg_loss_config(same).dilation == 5

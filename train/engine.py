@@ -35,6 +35,17 @@ from train.losses import OMGLossConfig, multibox_loss, omg_loss
 from train.masks import check_source, external_mask
 
 MODES = ("omg", "vanilla", "pipeline", "e2e")
+BN_MODES = ("auto", "train", "frozen")
+
+
+def configure_cpu(threads: int | None = None) -> int:
+    """Sets torch's CPU threads (default: every core) and returns the count. With more than
+    one thread OpenMP must wait passively (OMP_WAIT_POLICY=PASSIVE, set by the CLIs before
+    torch starts): spin-waiting threads on a shared 2-core machine ran 3-4x slower than one
+    thread."""
+    threads = threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    return threads
 
 
 @dataclass
@@ -65,6 +76,10 @@ class TrainConfig:
     out: str = "runs/train"
     max_iters: int | None = None  # stop early (smoke runs, tests)
     grad_clip: float | None = 10.0
+    mask_aware_loss: bool = True  # blacked-out anchors are left out of the detection loss
+    bn: str = "auto"  # detector BatchNorm: train | frozen | auto (frozen when fine-tuning on masks)
+    threads: int | None = None  # torch CPU threads; None: every core (waits passively, see configure_cpu)
+    channels_last: bool = True  # NHWC on CPU: faster convs, same numbers
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -93,6 +108,22 @@ class TrainConfig:
             raise ValueError("pipeline mode has an OMG exactly when the mask source is 'omg'")
         if self.mask_gt not in ("instance", "box"):
             raise ValueError(f"mask_gt must be 'instance' or 'box', got {self.mask_gt!r}")
+        if self.bn not in BN_MODES:
+            raise ValueError(f"bn must be one of {BN_MODES}, got {self.bn!r}")
+
+    @property
+    def masked(self) -> bool:
+        """The detector trains under a mask (its own OMG's or an external one)."""
+        return self.mode == "e2e" or (self.mode == "pipeline" and self.mask_source != "none")
+
+    @property
+    def frozen_bn(self) -> bool:
+        """Frozen detector BatchNorm statistics. In train mode the blacked-out zeros enter the
+        batch statistics, so the running statistics drift from what the masked detector sees
+        at inference; fine-tuning a trained detector on masks keeps its statistics instead."""
+        if self.bn == "auto":
+            return self.masked and self.init is not None
+        return self.bn == "frozen"
 
 
 def lr_at(config: TrainConfig, iteration: int, iters_per_epoch: int) -> float:
@@ -153,28 +184,60 @@ def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.O
     raise ValueError(f"unknown optimizer {config.optimizer!r}")
 
 
-def compute_losses(config: TrainConfig, model: BABODetector, forward, batch: Batch) -> dict[str, torch.Tensor]:
-    """Loss terms of one batch. `forward` is the (possibly DDP-wrapped) model."""
+def set_train_mode(config: TrainConfig, model: BABODetector) -> None:
+    """train() on what the mode trains: a frozen OMG (pipeline) stays in eval mode, so its
+    dropout is off and its BatchNorm statistics do not move, and so do the detector's
+    BatchNorms when `config.frozen_bn`."""
+    model.train()
+    if config.mode == "pipeline" and model.omg is not None:
+        model.omg.eval()
+    if config.mode == "omg":
+        model.detector.eval()
+    if config.frozen_bn:
+        for module in model.detector.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
+def omg_loss_config(config: TrainConfig) -> OMGLossConfig:
+    """The OMG loss with its dilation kernel given at the OMG's input resolution (as the paper's
+    Table 1 at its OMG size) scaled to the detector size at which the loss is computed."""
+    model = config.model
+    if not model.omg_size or config.omg_loss.dilation <= 1:
+        return config.omg_loss
+    scale = model.input_size[0] / model.omg_size[0]
+    return replace(config.omg_loss, dilation=max(1, round(config.omg_loss.dilation * scale)))
+
+
+def compute_losses(config: TrainConfig, model: BABODetector, forward, batch: Batch,
+                   stats: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
+    """Loss terms of one batch. `forward` is the (possibly DDP-wrapped) model; `stats`, when
+    given, receives counts (dead positives: matched anchors the mask blacked out)."""
     gt_mask = batch.instance_masks if config.mask_gt == "instance" else batch.box_masks
+    images = batch.images.contiguous(memory_format=torch.channels_last) if config.channels_last else batch.images
     losses = {}
     if config.mode == "omg":
-        _, logits = model.objectness_mask(model.normalize(batch.images))
-        losses["omg"] = omg_loss(logits, gt_mask, config.omg_loss)
+        _, logits = model.objectness_mask(model.normalize(images))
+        losses["omg"] = omg_loss(logits, gt_mask, omg_loss_config(config))
         return losses
     mask = external_mask(config.mask_source, batch, model) if config.mode == "pipeline" else None
-    out = forward(batch.images, mask)
+    out = forward(images, mask)
     det = multibox_loss(out.cls_logits, out.box_deltas, out.anchors, batch.boxes, batch.labels,
-                        model.detector.coder)
+                        model.detector.coder, alive=out.alive if config.mask_aware_loss else None)
     losses["cls"], losses["box"] = det.cls, det.box
+    if stats is not None and out.alive is not None:
+        stats["positives"] = det.positives
+        stats["dead_positives"] = det.dead_positives
     if config.mode == "e2e":
-        losses["omg"] = config.omg_loss_weight * omg_loss(out.omg_logits, gt_mask, config.omg_loss)
+        losses["omg"] = config.omg_loss_weight * omg_loss(out.omg_logits, gt_mask, omg_loss_config(config))
     return losses
 
 
 def train_step(config: TrainConfig, model: BABODetector, forward, optimizer: torch.optim.Optimizer,
                batch: Batch) -> dict[str, float]:
     optimizer.zero_grad(set_to_none=True)
-    losses = compute_losses(config, model, forward, batch)
+    counts: dict[str, float] = {}
+    losses = compute_losses(config, model, forward, batch, counts)
     total = sum(losses.values())
     total.backward()
     if config.grad_clip:
@@ -184,7 +247,7 @@ def train_step(config: TrainConfig, model: BABODetector, forward, optimizer: tor
             if part is not None:
                 torch.nn.utils.clip_grad_norm_([p for p in part.parameters() if p.requires_grad], config.grad_clip)
     optimizer.step()
-    return {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in losses.items()}}
+    return {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in losses.items()}, **counts}
 
 
 def _distributed() -> tuple[int, int]:
@@ -199,12 +262,15 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
     """Runs training; writes `epoch_<k>.pt` and `last.pt` checkpoints into config.out.
     Returns the path of the last checkpoint."""
     config.validate()
+    configure_cpu(config.threads)
     torch.set_flush_denormal(True)  # denormal activations/gradients make CPU steps up to 20x slower
     rank, world = _distributed()
     seed_everything(config.seed + rank)
     dataset = dataset_for(config, config.split)
     config = replace(config, model=replace(config.model, num_classes=len(dataset.class_names)))
     model = prepare_model(config)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
     data = DetectionData(dataset, config.model.input_size, train=True, mean=config.model.mean, seed=config.seed)
     sampler = (torch.utils.data.DistributedSampler(data, world, rank, shuffle=True, seed=config.seed)
                if world > 1 else None)
@@ -229,7 +295,7 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
     last = out_dir / "last.pt"
     history = []
     started = time.time()
-    model.train()
+    set_train_mode(config, model)
     for epoch in range(start_epoch, config.epochs):
         data.set_epoch(epoch)
         generator.manual_seed(config.seed * 100_003 + epoch)  # shuffle order depends on the epoch only

@@ -24,7 +24,6 @@ from calibration.errors import DatasetError
 from calibration.synthetic import split_files
 from models.accounting import ReportAccumulator, figures
 from models.detector import BABODetector
-from models.postprocess import detect
 from models.profiling import profile
 from train.data import DetectionData, collate
 from train.masks import check_source, external_mask
@@ -215,8 +214,7 @@ def evaluate(model: BABODetector, data: DataSpec, *, input_size: tuple[int, int]
                 mask = external_mask(source, batch, model, generator)
                 run = profile(model, batch.images.to(device), None if mask is None else mask.to(device))
                 out = run.output
-                boxes = detect(out.cls_logits, out.box_deltas, out.anchors, input_hw,
-                               model.detector.coder, model.detector.score_activation, model.postprocess)
+                boxes = model.decode(out, input_hw)
                 detections += coco_detections(boxes.cpu(), batch.image_ids, batch.original_hw,
                                               input_hw, coco.category_ids)
                 image_ids += batch.image_ids

@@ -30,14 +30,20 @@ class DetectionLoss:
     cls: torch.Tensor
     box: torch.Tensor
     positives: int
+    dead_positives: int = 0  # matched anchors on blacked-out cells: objects the mask missed
 
 
 def multibox_loss(cls_logits: torch.Tensor, box_deltas: torch.Tensor, anchors: torch.Tensor,
                   gt_boxes: list[torch.Tensor], gt_labels: list[torch.Tensor], coder: BoxCoder,
-                  neg_pos_ratio: int = 3) -> DetectionLoss:
+                  neg_pos_ratio: int = 3, alive: torch.Tensor | None = None) -> DetectionLoss:
     """SSD loss: softmax CE over positives plus the `neg_pos_ratio` x hardest negatives per image,
     smooth-L1 (beta 1) on encoded boxes of positives; both divided by the number of positives in
-    the batch. Background is the last class column."""
+    the batch. Background is the last class column.
+
+    `alive` (N, A) bool, the anchors on foreground cells of the mask (`BABOOutput.alive`): the
+    others output only their head's bias and are background by construction, so they are left
+    out of classification, hard-negative mining and box regression. Otherwise they would be
+    most of the hard negatives, and their gradient would move the biases every anchor shares."""
     n, a, c1 = cls_logits.shape
     background = c1 - 1
     targets = torch.full((n, a), background, dtype=torch.long, device=cls_logits.device)
@@ -49,17 +55,25 @@ def multibox_loss(cls_logits: torch.Tensor, box_deltas: torch.Tensor, anchors: t
         box_targets[i, pos] = coder.encode(gt_boxes[i][matched[pos]], anchors[pos])
     ce = F.cross_entropy(cls_logits.reshape(-1, c1), targets.reshape(-1), reduction="none").view(n, a)
     positive = targets != background
+    dead_positives = 0
+    if alive is not None:
+        dead_positives = int((positive & ~alive).sum())
+        positive = positive & alive
     num_pos = int(positive.sum())
     hard_negatives = torch.zeros_like(positive)
     neg_ce = ce.detach().masked_fill(positive, -1.0)
+    candidates = torch.full((n,), a, dtype=torch.long)
+    if alive is not None:
+        neg_ce = neg_ce.masked_fill(~alive, -1.0)
+        candidates = alive.sum(dim=1).cpu()
     for i in range(n):
-        k = min(neg_pos_ratio * int(positive[i].sum()), a - int(positive[i].sum()))
+        k = min(neg_pos_ratio * int(positive[i].sum()), int(candidates[i]) - int(positive[i].sum()))
         if k > 0:
             hard_negatives[i, neg_ce[i].topk(k).indices] = True
     denom = max(num_pos, 1)
     cls_loss = (ce[positive].sum() + ce[hard_negatives].sum()) / denom
     box_loss = F.smooth_l1_loss(box_deltas[positive], box_targets[positive], beta=1.0, reduction="sum") / denom
-    return DetectionLoss(cls_loss, box_loss, num_pos)
+    return DetectionLoss(cls_loss, box_loss, num_pos, dead_positives)
 
 
 @dataclass(frozen=True)

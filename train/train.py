@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenMP: see configure_cpu
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -20,7 +23,7 @@ from dataclasses import replace
 from calibration.errors import DatasetError
 from models.checkpoint import CheckpointError
 from models.cli import parse_size
-from train.engine import MODES, TrainConfig, train
+from train.engine import BN_MODES, MODES, TrainConfig, train
 
 
 def parse_ohnem(text: str) -> float:
@@ -36,7 +39,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     config = TrainConfig.from_dict(json.loads(Path(args.config).read_text())) if args.config else TrainConfig()
     model = config.model
     for flag, key in (("arch", "arch"), ("width", "width"), ("input_size", "input_size"),
-                      ("omg_size", "omg_size"), ("argmax", "argmax")):
+                      ("omg_size", "omg_size"), ("argmax", "argmax"), ("first_prior_size", "first_prior_size")):
         value = getattr(args, flag)
         if value is not None:
             model = replace(model, **{key: value})
@@ -57,7 +60,9 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     overrides = {k: getattr(args, k) for k in (
         "data", "split", "mask_gt", "init", "omg_init", "epochs", "batch_size", "optimizer", "lr",
         "weight_decay", "schedule", "steps", "warmup_iters", "omg_loss_weight", "workers", "seed",
-        "out", "max_iters") if getattr(args, k) is not None}
+        "out", "max_iters", "bn", "threads") if getattr(args, k) is not None}
+    if args.no_mask_aware_loss:
+        overrides["mask_aware_loss"] = False
     return replace(config, mode=mode, mask_source=source, model=model, omg_loss=omg_loss, **overrides)
 
 
@@ -72,12 +77,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--input-size", type=parse_size)
     p.add_argument("--omg-size", type=parse_size)
     p.add_argument("--argmax", choices=("sg", "soft"))
+    p.add_argument("--first-prior-size", type=float,
+                   help="SSDLite: smallest prior as a fraction of the input side (default 48/320)")
     p.add_argument("--mask-source", help="pipeline: gt-instance, gt-box, sr, random:<r>, omg")
     p.add_argument("--mask-gt", choices=("instance", "box"), help="GT masks that supervise the OMG")
-    p.add_argument("--mask-dilation", type=int, help="MD kernel size (Table 1)")
+    p.add_argument("--mask-dilation", type=int, help="MD kernel size at the OMG's input size (Table 1)")
     p.add_argument("--ohnem", type=parse_ohnem, help="OHNEM positives:negatives, e.g. 1:3")
     p.add_argument("--pos-weight", type=float, help="LW: loss weight of foreground pixels")
     p.add_argument("--omg-loss-weight", type=float)
+    p.add_argument("--no-mask-aware-loss", action="store_true",
+                   help="train blacked-out anchors too (the stock SSD loss; for comparison)")
+    p.add_argument("--bn", choices=BN_MODES, help="detector BatchNorm: frozen statistics, train, or auto "
+                                                  "(frozen when fine-tuning a checkpoint on masks)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: every core)")
     p.add_argument("--init", help="checkpoint to initialise from")
     p.add_argument("--omg-init", help="checkpoint whose OMG weights are loaded")
     p.add_argument("--epochs", type=int)
