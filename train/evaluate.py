@@ -1,11 +1,14 @@
 """Evaluate checkpoints side by side: `python train/evaluate.py CKPT [CKPT ...] [--data DIR]`.
 
-Prints one paper-style row per checkpoint (COCO AP, FG-ratio, instance recall@0.5, zeros%,
-GMAC, GMAC*) and optionally writes every row with its full MAC report as JSON.
+Prints one paper-style row per checkpoint and mask source (COCO AP, FG-ratio, instance
+recall@0.5, zeros%, GMAC, GMAC*) and optionally writes every row with its full MAC report as
+JSON. Several mask sources give the paper's Table 2 layout in one command:
+`--mask-source none,gt-instance,gt-box,sr,random:0.3,random:0.5,omg`.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -13,12 +16,22 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenMP: see configure_cpu
+
 from calibration.errors import DatasetError
 from calibration.synthetic import ensure_default_dataset
 from models.checkpoint import CheckpointError, load_model
 from models.cli import positive_int, write_json
+from train.engine import configure_cpu
 from train.evaluation import check_classes, evaluate, format_table, open_dataset, resolve_mask_source
 from train.masks import check_source
+
+
+def mask_sources(text: str) -> list[str]:
+    try:
+        return [check_source(source.strip()) for source in text.split(",")]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,21 +40,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", help="COCO-format dataset folder with instances_<split>.json and "
                                        "images/<split>/ (default: the built-in synthetic dataset)")
     parser.add_argument("--split", default="val")
-    parser.add_argument("--mask-source", help="omg, none, gt-instance, gt-box, sr or random:<fg-ratio> "
-                                              "(default: omg, or none for a checkpoint without OMG)")
+    parser.add_argument("--mask-source", type=mask_sources,
+                        help="comma list of omg, none, gt-instance, gt-box, sr, random:<fg-ratio> (default: omg, "
+                             "or none for a checkpoint without OMG; 'omg' is skipped for those)")
+    parser.add_argument("--threads", type=positive_int, help="CPU threads (default: every core)")
     parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--limit", type=positive_int, help="evaluate only the first N images")
     parser.add_argument("--json", type=Path, help="write every row (metrics + MAC report) here")
     args = parser.parse_args(argv)
 
     # Everything that can be wrong with the arguments is checked before the first image is run.
+    configure_cpu(args.threads)
     try:
-        if args.mask_source is not None:
-            check_source(args.mask_source)
         runs = []
         for path in args.checkpoints:
             model, ckpt = load_model(path)
-            runs.append((path, model, ckpt, resolve_mask_source(model, args.mask_source)))
+            sources = args.mask_source or [None]
+            for source in sources:
+                if source == "omg" and model.omg is None and len(sources) > 1:
+                    continue  # Table 2 layout: the OMG row belongs to the models that have one
+                name = path if len(sources) == 1 else f"{path} [{resolve_mask_source(model, source)}]"
+                runs.append((name, model, ckpt, resolve_mask_source(model, source)))
         coco = open_dataset(args.data or ensure_default_dataset(), args.split)
         for _, model, ckpt, _ in runs:
             check_classes(model, coco, ckpt.class_names)
