@@ -3,9 +3,12 @@
 After conversion the OMG's last conv (`Convolution` + bias `Add`) is upsampled (`Interpolate`)
 and its ArgMax is a `TopK` (mode max, k=1) whose index output, `Convert`ed to float, is the
 `mask` output, the input of the max-pool pyramid (`MaxPool` x7 at 128 px) and the second
-operand of one `Multiply` per distinct conv input. The walks below follow edges only, never
-names, so they hold for any graph the exporter produces, and they see the FakeQuantize nodes
-NNCF inserts, which is what the INT8 checks need.
+operand of one `Multiply` per distinct conv input. `export.lean_graph` turns the argmax into a
+`Greater` on the upsampled logit margin, which is then the source, and the INT8 masking into
+8-bit integers times the mask. The mask may also reach the post-processing (scores of
+blacked-out anchors): a `Multiply` there ends the path as well. The walks below follow edges
+only, never names, so they hold for any graph the exporter produces, and they see the
+FakeQuantize nodes NNCF inserts, which is what the INT8 checks need.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import numpy as np
 import openvino as ov
 
 CONVOLUTIONS = ("Convolution", "GroupConvolution")
-MASK_SOURCES = ("TopK", "ArgMax")
+MASK_SOURCES = ("TopK", "ArgMax", "Greater")
 # Edges that carry shapes, not values: nothing behind them changes a value in front of them.
 SHAPE_ONLY = ("ShapeOf",)
 
@@ -25,12 +28,13 @@ SHAPE_ONLY = ("ShapeOf",)
 @dataclass
 class MaskPath:
     logits: list[ov.Node]  # from the OMG's last convs to the argmax (bias Add, Interpolate)
-    source: ov.Node  # the argmax (TopK) of the OMG logits
+    source: ov.Node  # the argmax (TopK, or Greater on the logit margin) of the OMG logits
     carriers: list[ov.Node]  # everything between the source and the Multiplies (Convert, MaxPool, ...)
     multiplies: list[tuple[ov.Node, int]]  # (Multiply applying the mask to a conv input, its mask port)
+    scoring: list[ov.Node]  # Multiplies applying it in the post-processing (scores), no conv behind
 
     def nodes(self) -> list[ov.Node]:
-        return [*self.logits, self.source, *self.carriers, *(node for node, _ in self.multiplies)]
+        return [*self.logits, self.source, *self.carriers, *(node for node, _ in self.multiplies), *self.scoring]
 
 
 def output_node(model: ov.Model, name: str) -> ov.Node:
@@ -52,7 +56,7 @@ def find_mask_path(model: ov.Model, mask_output: str = "mask") -> MaskPath:
             raise ValueError(f"output {mask_output!r} does not come from an argmax (reached {node.get_type_name()})")
         producer = node.input_value(0)
     source = producer.get_node()
-    carriers, multiplies = [], []
+    carriers, multiplies, scoring = [], [], []
     on_path = {_key(source)}
     pending = deque(_consumers(producer))
     while pending:
@@ -61,14 +65,17 @@ def find_mask_path(model: ov.Model, mask_output: str = "mask") -> MaskPath:
             continue
         on_path.add(_key(node))
         if node.get_type_name() == "Multiply":
-            multiplies.append((node, port))
+            if _conv_input_chain(node)[1]:
+                multiplies.append((node, port))
+            else:
+                scoring.append(node)
             continue
         if _is_convolution(node):
             raise ValueError(f"the mask reaches {node.get_friendly_name()} without a Multiply")
         carriers.append(node)
         pending.extend(consumer for output in node.outputs() for consumer in _consumers(output))
     logits = _upstream([source.input_value(0)], stop=_is_convolution)
-    return MaskPath(logits, source, carriers, multiplies)
+    return MaskPath(logits, source, carriers, multiplies, scoring)
 
 
 def postprocessing_nodes(model: ov.Model, detections_output: str = "detections") -> list[ov.Node]:
@@ -90,14 +97,17 @@ def fake_quantizes_on_mask(model: ov.Model, mask_output: str = "mask") -> list[s
 
 
 def quantizers_not_keeping_zero(model: ov.Model, mask_output: str = "mask") -> list[str]:
-    """FakeQuantize nodes right after a masking Multiply for which 0 is not a quantization level:
-    the conv behind them would see something else than exact zeros on the background. When 0 is
-    a level it becomes the integer zero point, so the INT8 conv adds exactly nothing for it."""
+    """Ops between a masking Multiply and the conv behind it that would not give that conv exact
+    zeros on the background. NNCF's form: a FakeQuantize for which 0 is not a quantization level
+    (when 0 is a level it becomes the integer zero point, so the INT8 conv adds exactly nothing
+    for it). The integer form of `export.lean_graph` (8-bit levels times the mask, Convert, a
+    constant scale): anything else than a conversion or a constant scaling there."""
     path = find_mask_path(model, mask_output)
     return sorted(node.get_friendly_name()
                   for multiply, _ in path.multiplies
-                  for node, _ in _consumers(multiply.output(0))
-                  if node.get_type_name() == "FakeQuantize" and not _zero_is_a_level(node))
+                  for node in _conv_input_chain(multiply)[0]
+                  if not (_zero_is_a_level(node) if node.get_type_name() == "FakeQuantize"
+                          else node.get_type_name() == "Convert" or _is_constant_scaling(node)))
 
 
 def _zero_is_a_level(fq: ov.Node, tolerance: float = 1e-3) -> bool:
@@ -114,6 +124,25 @@ def _zero_is_a_level(fq: ov.Node, tolerance: float = 1e-3) -> bool:
 
 def _is_convolution(node: ov.Node) -> bool:
     return node.get_type_name() in CONVOLUTIONS
+
+
+def _conv_input_chain(multiply: ov.Node) -> tuple[list[ov.Node], bool]:
+    """(every op the Multiply's output passes through before a conv, whether a conv reads it)."""
+    chain, reaches_conv, seen, pending = [], False, set(), [multiply]
+    while pending:
+        for node, _ in (consumer for output in pending.pop().outputs() for consumer in _consumers(output)):
+            if _is_convolution(node):
+                reaches_conv = True
+            elif node.get_type_name() not in ("Result", *SHAPE_ONLY) and _key(node) not in seen:
+                seen.add(_key(node))
+                chain.append(node)
+                pending.append(node)
+    return chain, reaches_conv
+
+
+def _is_constant_scaling(node: ov.Node) -> bool:
+    return node.get_type_name() == "Multiply" and any(
+        value.get_node().get_type_name() == "Constant" for value in node.input_values())
 
 
 def _constant(value: ov.Output) -> np.ndarray:

@@ -6,8 +6,11 @@ before the first `MaxPool` of the mask pyramid, shared by all the others. The ma
 every conv input exactly as the argmax made it, so the ignored scope (node names, computed from
 the graph by `export.mask_graph`) holds the mask path from the OMG's last conv through the
 argmax up to and including the masking Multiplies, and the post-processing (scores, top-k,
-box decoding, NMS). The quantized model is checked before it is returned. The data side (calibration images) and the ignored
-scope are separate functions so `nncf.quantize_with_accuracy_control` can reuse both.
+box decoding, NMS). The quantized model is checked, its masking rewritten into 8-bit integers
+times the mask (`export.lean_graph.integer_mask_multiplies`: the same integers reach every conv,
+which the CPU plugin then runs with int8 outputs), and checked again before it is returned. The
+data side (calibration images) and the ignored scope are separate functions so
+`nncf.quantize_with_accuracy_control` can reuse both.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import openvino as ov
 from calibration.coco import CocoDetection
 from calibration.folder import ImageFolder
 from calibration.synthetic import ensure_default_dataset, split_files
+from export.lean_graph import integer_mask_multiplies
 from export.mask_graph import (fake_quantizes_on_mask, find_mask_path, output_node,
                                postprocessing_nodes, quantizers_not_keeping_zero)
 from models.preprocess import to_model_input
@@ -92,7 +96,7 @@ def quantize_int8(model: ov.Model, images: Sequence[np.ndarray], preset: str = "
     quantized = nncf.quantize(model, nncf.Dataset(images), preset=PRESETS[preset],
                               subset_size=min(subset_size, len(images)), ignored_scope=scope)
     if protect:
-        check_mask_exact(quantized)
+        lean_int8(quantized)
     return Int8Model(quantized, scope)
 
 
@@ -109,8 +113,17 @@ def quantize_int8_with_accuracy_control(model: ov.Model, images: Sequence[np.nda
         model, nncf.Dataset(images), nncf.Dataset(list(validation_items)), validation_fn,
         max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE, preset=PRESETS[preset],
         subset_size=min(subset_size, len(images)), ignored_scope=scope)
-    check_mask_exact(quantized)
+    lean_int8(quantized)
     return Int8Model(quantized, scope)
+
+
+def lean_int8(model: ov.Model) -> None:
+    """Checks NNCF's model (the rewrite relies on an exactly binary mask), rewrites its masking
+    into the integer form in place and checks the result."""
+    check_mask_exact(model)
+    if _has_output(model, "mask"):
+        integer_mask_multiplies(model)
+        check_mask_exact(model)
 
 
 def check_mask_exact(model: ov.Model) -> None:

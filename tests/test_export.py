@@ -10,7 +10,7 @@ import openvino.opset13 as ops
 import pytest
 import torch
 
-from export import mask_graph, openvino_ir, parity, quantize
+from export import lean_graph, mask_graph, openvino_ir, parity, quantize
 from export.onnx_export import anchors_path, export_onnx
 from models.builders import ModelConfig, build_model
 from runtime.detector import read_model_info
@@ -88,6 +88,17 @@ def test_openvino_fp32_matches_pytorch(model, exported, images):
     result = parity.compare(parity.torch_runner(model), parity.openvino_runner(compiled), images)
     assert_meaningful(result)
     assert result.violations(parity.FP32_TOLERANCE) == []
+    assert result.mask_mismatches == 0  # the lean mask source (export.lean_graph) gives the argmax's mask
+
+
+@pytest.mark.parametrize("in_size, out_size", [(8, 128), (16, 256), (5, 12), (12, 5), (7, 7), (3, 1)])
+def test_bilinear_matrix_is_torch_bilinear_upsampling(in_size, out_size):
+    """In float64, so that only the float32 rounding of the weights shows."""
+    x = torch.randn(2, 1, in_size, in_size + 1, generator=torch.Generator().manual_seed(in_size), dtype=torch.float64)
+    expected = torch.nn.functional.interpolate(x, size=(out_size, out_size + 3), mode="bilinear", align_corners=False)
+    rows, cols = (torch.from_numpy(lean_graph.bilinear_matrix(*sizes)).double()
+                  for sizes in ((in_size, out_size), (in_size + 1, out_size + 3)))
+    torch.testing.assert_close(rows @ x @ cols.T, expected, atol=1e-6, rtol=0)
 
 
 def test_model_info_round_trips_through_the_xml(model, exported):
@@ -108,15 +119,20 @@ def test_model_info_round_trips_through_the_xml(model, exported):
 
 def test_mask_path_runs_from_the_argmax_to_every_detector_conv(model, exported):
     path = mask_graph.find_mask_path(exported.ov_model)
-    assert path.source.get_type_name() == "TopK"
-    assert {node.get_type_name() for node in path.carriers} == {"Convert", "MaxPool"}
+    # The lean form: the 1-channel logit margin upsampled by MatMuls, no 2-channel Interpolate + TopK.
+    assert path.source.get_type_name() == "Greater"
+    assert {"Subtract", "MatMul"} <= {node.get_type_name() for node in path.logits}
+    assert not {"Interpolate", "TopK"} & {node.get_type_name() for node in path.logits}
+    post = mask_graph.postprocessing_nodes(exported.ov_model)
+    carriers = {node.get_type_name() for node in path.carriers}
+    assert {"Convert", "MaxPool"} <= carriers <= {"Convert", "MaxPool"} | {node.get_type_name() for node in post}
     masked_convs = {target.get_node().get_friendly_name()
                     for multiply, _ in path.multiplies for target in multiply.output(0).get_target_inputs()
                     if target.get_node().get_type_name() in mask_graph.CONVOLUTIONS}
     assert all(target.get_node().get_type_name() in mask_graph.CONVOLUTIONS
                for multiply, _ in path.multiplies for target in multiply.output(0).get_target_inputs())
     assert len(masked_convs) == sum(net == "od" for net, *_ in network_convs(model))
-    post = {node.get_type_name() for node in mask_graph.postprocessing_nodes(exported.ov_model)}
+    post = {node.get_type_name() for node in post}
     assert {"NonMaxSuppression", "TopK", "Softmax"} <= post and not post & set(mask_graph.CONVOLUTIONS)
 
 
@@ -125,14 +141,35 @@ def test_int8_keeps_the_mask_exact(exported, int8, images):
     assert {node.get_friendly_name() for node in path.nodes()} <= set(int8.ignored_scope.names)
     assert mask_graph.fake_quantizes_on_mask(int8.model) == []
     assert mask_graph.quantizers_not_keeping_zero(int8.model) == []
-    # The scope does not cost the detector its INT8 convs: each masked conv reads a FakeQuantize.
+    # The scope does not cost the detector its INT8 convs, and the masking runs on 8-bit integers:
+    # quantizer -> integer Multiply by the mask -> Convert -> constant scale -> conv.
     masked = mask_graph.find_mask_path(int8.model).multiplies
-    assert all(target.get_node().get_type_name() == "FakeQuantize"
-               for multiply, _ in masked for target in multiply.output(0).get_target_inputs())
+    assert len(masked) == len(mask_graph.find_mask_path(exported.ov_model).multiplies)
+    for multiply, port in masked:
+        assert multiply.get_output_element_type(0) in (ov.Type.u8, ov.Type.i8)
+        assert multiply.input_value(1 - port).get_node().input_value(0).get_node().get_type_name() == "FakeQuantize"
+        (convert,) = (target.get_node() for target in multiply.output(0).get_target_inputs())
+        scales = [target.get_node() for target in convert.output(0).get_target_inputs()]
+        assert [node.get_type_name() for node in scales] == ["Multiply"]
+        assert all(target.get_node().get_type_name() in mask_graph.CONVOLUTIONS
+                   for target in scales[0].output(0).get_target_inputs())
     fp32 = parity.openvino_runner(openvino_ir.compile_fp32(exported.xml))
     result = parity.compare(fp32, parity.openvino_runner(ov.Core().compile_model(int8.model, "CPU")), images)
     assert result.mask_non_binary == 0
     assert result.mask_iou > 0.8
+
+
+def test_integer_masking_is_nncfs_model_exactly(exported, int8, images):
+    """The rewrite (export.lean_graph.integer_mask_multiplies) against NNCF's own model, both run
+    at f32: the convs read the same integers, so detections and mask are those of NNCF's model."""
+    nncf_form = quantize.quantize_int8(exported.ov_model, images, subset_size=len(images),
+                                       scope=quantize.ignored_scope(exported.ov_model)).model
+    assert not [op for op in nncf_form.get_ordered_ops() if op.get_friendly_name().endswith("/mask")]
+    result = parity.compare(parity.openvino_runner(openvino_ir.compile_fp32(nncf_form)),
+                            parity.openvino_runner(openvino_ir.compile_fp32(int8.model)), images)
+    assert_meaningful(result)
+    assert result.violations(parity.FP32_TOLERANCE) == []
+    assert result.mask_mismatches == 0
 
 
 def test_graph_check_catches_nncf_default_quantizing_the_mask(exported, images):
@@ -166,6 +203,27 @@ def test_graph_checks_on_hand_built_graphs():
     assert len(mask_graph.quantizers_not_keeping_zero(masking_graph(False, (-1.0, 1.0)))) == 1
 
 
+@pytest.mark.parametrize("conv_input_range", [(-1.0, 127 / 128), (0.0, 6.0)])
+def test_integer_masking_on_a_hand_built_graph(conv_input_range):
+    """Same conv output as FQ(features * mask); the checks accept it, and flag a zero point
+    subtracted behind the integer Multiply."""
+    reference, rewritten = masking_graph(False, conv_input_range), masking_graph(False, conv_input_range)
+    assert lean_graph.integer_mask_multiplies(rewritten) == 1
+    assert mask_graph.fake_quantizes_on_mask(rewritten) == [] and mask_graph.quantizers_not_keeping_zero(rewritten) == []
+    rng = np.random.default_rng(0)
+    inputs = [rng.normal(size=(1, 2, 8, 8)).astype(np.float32), rng.uniform(-2, 7, (1, 4, 8, 8)).astype(np.float32)]
+    expected, actual = (openvino_ir.compile_fp32(graph)(inputs) for graph in (reference, rewritten))
+    assert 0 < expected[1].mean() < 1
+    np.testing.assert_allclose(actual[0], expected[0], rtol=1e-6, atol=1e-5)
+    (multiply, _), = mask_graph.find_mask_path(rewritten).multiplies
+    (convert,) = (target.get_node() for target in multiply.output(0).get_target_inputs())
+    targets = list(convert.output(0).get_target_inputs())
+    shifted = ops.subtract(convert, ops.constant(np.float32(1)))
+    for target in targets:
+        target.replace_source_output(shifted.output(0))
+    assert mask_graph.quantizers_not_keeping_zero(rewritten) == [shifted.get_friendly_name()]
+
+
 def test_raw_export_with_dynamic_batch(tmp_path, model, images):
     path = export_onnx(model, CONFIG.input_size, tmp_path / "raw.onnx", dynamic_batch=True, raw=True)
     import onnxruntime as ort
@@ -178,6 +236,11 @@ def test_raw_export_with_dynamic_batch(tmp_path, model, images):
     np.testing.assert_allclose(box, expected.box_deltas.numpy(), atol=1e-4)
     np.testing.assert_array_equal(mask, expected.mask.numpy())
     np.testing.assert_array_equal(np.load(anchors_path(path)), expected.anchors.numpy())
+    # The IR, lean mask source included, gives the same heads and mask at any batch size.
+    outputs = openvino_ir.compile_fp32(openvino_ir.convert(path))(batch)
+    np.testing.assert_allclose(outputs["cls_logits"], expected.cls_logits.numpy(), atol=1e-4)
+    np.testing.assert_allclose(outputs["box_deltas"], expected.box_deltas.numpy(), atol=1e-4)
+    np.testing.assert_array_equal(outputs["mask"], expected.mask.numpy())
 
 
 def test_vanilla_model_exports_without_mask(tmp_path, images):
