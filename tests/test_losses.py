@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from models.anchors import BoxCoder
-from train.losses import OMGLossConfig, assign_anchors, dilate, multibox_loss, omg_loss
+from train.losses import OMGLossConfig, assign_anchors, dilate, fg_ratio_penalty, multibox_loss, omg_loss
 
 
 def test_dilation_grows_a_pixel_into_a_square():
@@ -114,3 +114,13 @@ def test_gradients_never_reach_blacked_out_anchors():
     (loss.cls + loss.box).backward()
     assert torch.all(logits.grad[0, 2:] == 0) and torch.all(deltas.grad[0, 2:] == 0)
     assert torch.any(logits.grad[0, :2] != 0)
+
+
+def test_fg_ratio_penalty_only_pushes_an_open_mask():
+    p = torch.tensor([[[0.9, 0.9], [0.9, 0.1]]])  # mean foreground probability 0.7
+    logits = two_class_logits(p).requires_grad_(True)
+    penalty = fg_ratio_penalty(logits, 0.5)
+    assert penalty.item() == pytest.approx(0.2 ** 2, rel=1e-5)
+    penalty.backward()
+    assert torch.all(logits.grad[:, 1] > 0)  # descending lowers the foreground logits
+    assert fg_ratio_penalty(two_class_logits(p), 0.8).item() == 0.0

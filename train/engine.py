@@ -31,7 +31,7 @@ from models.builders import ModelConfig, build_model
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.detector import BABODetector
 from train.data import Batch, DetectionData, collate
-from train.losses import OMGLossConfig, multibox_loss, omg_loss
+from train.losses import OMGLossConfig, fg_ratio_penalty, multibox_loss, omg_loss
 from train.masks import check_source, external_mask
 
 MODES = ("omg", "vanilla", "pipeline", "e2e")
@@ -71,6 +71,8 @@ class TrainConfig:
     warmup_ratio: float = 0.001
     omg_loss: OMGLossConfig = field(default_factory=OMGLossConfig)
     omg_loss_weight: float = 1.0
+    fg_ratio_target: float | None = None  # e2e: penalise a mean OMG foreground probability above this
+    fg_ratio_weight: float = 10.0
     workers: int = 2
     seed: int = 0
     out: str = "runs/train"
@@ -108,6 +110,8 @@ class TrainConfig:
             raise ValueError("pipeline mode has an OMG exactly when the mask source is 'omg'")
         if self.mask_gt not in ("instance", "box"):
             raise ValueError(f"mask_gt must be 'instance' or 'box', got {self.mask_gt!r}")
+        if self.fg_ratio_target is not None and not 0 < self.fg_ratio_target < 1:
+            raise ValueError(f"fg_ratio_target must be in (0, 1), got {self.fg_ratio_target}")
         if self.bn not in BN_MODES:
             raise ValueError(f"bn must be one of {BN_MODES}, got {self.bn!r}")
 
@@ -230,6 +234,8 @@ def compute_losses(config: TrainConfig, model: BABODetector, forward, batch: Bat
         stats["dead_positives"] = det.dead_positives
     if config.mode == "e2e":
         losses["omg"] = config.omg_loss_weight * omg_loss(out.omg_logits, gt_mask, omg_loss_config(config))
+        if config.fg_ratio_target is not None:
+            losses["fg"] = config.fg_ratio_weight * fg_ratio_penalty(out.omg_logits, config.fg_ratio_target)
     return losses
 
 

@@ -60,7 +60,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     overrides = {k: getattr(args, k) for k in (
         "data", "split", "mask_gt", "init", "omg_init", "epochs", "batch_size", "optimizer", "lr",
         "weight_decay", "schedule", "steps", "warmup_iters", "omg_loss_weight", "workers", "seed",
-        "out", "max_iters", "bn", "threads") if getattr(args, k) is not None}
+        "out", "max_iters", "bn", "threads", "fg_ratio_target", "fg_ratio_weight") if getattr(args, k) is not None}
     if args.no_mask_aware_loss:
         overrides["mask_aware_loss"] = False
     return replace(config, mode=mode, mask_source=source, model=model, omg_loss=omg_loss, **overrides)
@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ohnem", type=parse_ohnem, help="OHNEM positives:negatives, e.g. 1:3")
     p.add_argument("--pos-weight", type=float, help="LW: loss weight of foreground pixels")
     p.add_argument("--omg-loss-weight", type=float)
+    p.add_argument("--fg-ratio-target", type=float, help="e2e: penalise an OMG FG-ratio above this (0..1)")
+    p.add_argument("--fg-ratio-weight", type=float, help="weight of that penalty (default 10)")
     p.add_argument("--no-mask-aware-loss", action="store_true",
                    help="train blacked-out anchors too (the stock SSD loss; for comparison)")
     p.add_argument("--bn", choices=BN_MODES, help="detector BatchNorm: frozen statistics, train, or auto "
