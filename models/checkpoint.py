@@ -123,7 +123,11 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(f"{path}: invalid checkpoint contents: {e}") from None
 
 
-def _load_state(path: Path, part: str, module: torch.nn.Module, state: dict) -> None:
+def load_weights(path: str | os.PathLike, part: str, module: torch.nn.Module, state: dict | None) -> None:
+    """Loads `state` into `module` (its `part` of the checkpoint at `path`); every mismatch,
+    a missing part included, is a one-line CheckpointError instead of torch's traceback."""
+    if state is None:
+        raise CheckpointError(f"{path}: the checkpoint holds no {part} weights")
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -148,11 +152,11 @@ def load_model(path: str | os.PathLike) -> tuple[BABODetector, Checkpoint]:
     if len(ckpt.class_names) != ckpt.config.num_classes:
         raise CheckpointError(f"{path}: {len(ckpt.class_names)} class names for "
                               f"{ckpt.config.num_classes} classes")
-    _load_state(path, "detector", model.detector, ckpt.od_state)
+    load_weights(path, "detector", model.detector, ckpt.od_state)
     if model.omg is not None:
         if ckpt.omg_state is None:
             raise CheckpointError(f"{path}: the config has an OMG but the checkpoint holds no OMG weights")
-        _load_state(path, "OMG", model.omg, ckpt.omg_state)
+        load_weights(path, "OMG", model.omg, ckpt.omg_state)
     elif ckpt.omg_state is not None:
         raise CheckpointError(f"{path}: OMG weights present but the config has no OMG")
     return model.eval(), ckpt

@@ -159,3 +159,25 @@ def test_mask_dilation_is_given_at_the_omg_resolution():
     assert omg_loss_config(config).dilation == 10
     same = replace(config, model=ModelConfig(input_size=(128, 128), omg_size=(128, 128)))
     assert omg_loss_config(same).dilation == 5
+
+
+def test_wrong_initial_weights_and_config_keys_are_one_line_errors(tiny_dataset, tmp_path, capsys):
+    from train.train import main as train_main
+    vanilla = config_for("vanilla", tiny_dataset, tmp_path)
+    narrow = tmp_path / "narrow.pt"
+    save_checkpoint(narrow, prepare_model(replace(vanilla, model=replace(vanilla.model, width=0.75))),
+                    replace(vanilla.model, width=0.75), [str(i) for i in range(6)])
+    plain = tmp_path / "plain.pt"
+    save_checkpoint(plain, prepare_model(vanilla), vanilla.model, [str(i) for i in range(6)])
+    bad_config = tmp_path / "bad.json"
+    bad_config.write_text('{"mode": "vanilla", "learning_rate": 0.1}')
+    common = ["--data", str(tiny_dataset), "--input-size", "128", "--width", "0.5", "--max-iters", "1",
+              "--workers", "0", "--batch-size", "2", "--out", str(tmp_path / "out")]
+    cases = {"another width": (["--mode", "vanilla", "--init", str(narrow)], "shape"),
+             "OMG from a vanilla checkpoint": (["--mode", "e2e", "--omg-init", str(plain)], "no OMG weights"),
+             "resume from a released checkpoint": (["--mode", "vanilla", "--resume", str(plain)], "no training state"),
+             "unknown config key": (["--config", str(bad_config)], "learning_rate")}
+    for name, (args, message) in cases.items():
+        assert train_main(args + common) == 2, name
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("error: ") and message in err[-1], (name, err[-1:])

@@ -16,7 +16,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,7 @@ from tqdm import tqdm
 from calibration.coco import CocoDetection
 from calibration.synthetic import ensure_default_dataset, split_files
 from models.builders import ModelConfig, build_model
-from models.checkpoint import load_checkpoint, save_checkpoint
+from models.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from models.detector import BABODetector
 from train.data import Batch, DetectionData, collate
 from train.losses import OMGLossConfig, fg_ratio_penalty, multibox_loss, omg_loss
@@ -88,6 +88,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown training config keys: {sorted(unknown)}")
         data = dict(data)
         if "model" in data:
             data["model"] = ModelConfig.from_dict(data["model"])
@@ -167,11 +170,13 @@ def prepare_model(config: TrainConfig) -> BABODetector:
     model = build_model(config.model)
     if config.init:
         init = load_checkpoint(config.init)
-        model.detector.load_state_dict(init.od_state)
+        load_weights(config.init, "detector", model.detector, init.od_state)
         if model.omg is not None and init.omg_state is not None:
-            model.omg.load_state_dict(init.omg_state)
+            load_weights(config.init, "OMG", model.omg, init.omg_state)
     if config.omg_init:
-        model.omg.load_state_dict(load_checkpoint(config.omg_init).omg_state)
+        if model.omg is None:
+            raise ValueError("--omg-init needs a model with an OMG (mode omg, e2e, or pipeline with mask source omg)")
+        load_weights(config.omg_init, "OMG", model.omg, load_checkpoint(config.omg_init).omg_state)
     if config.mode == "omg":
         model.detector.requires_grad_(False)
     if config.mode == "pipeline" and model.omg is not None:
@@ -290,9 +295,11 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
     start_epoch, iteration = 0, 0
     if resume:
         ckpt = load_checkpoint(resume)
-        model.detector.load_state_dict(ckpt.od_state)
+        load_weights(resume, "detector", model.detector, ckpt.od_state)
         if model.omg is not None:
-            model.omg.load_state_dict(ckpt.omg_state)
+            load_weights(resume, "OMG", model.omg, ckpt.omg_state)
+        if ckpt.training_state is None:
+            raise CheckpointError(f"{resume}: no training state to resume from (a released checkpoint?); use --init")
         optimizer.load_state_dict(ckpt.training_state["optimizer"])
         torch.set_rng_state(ckpt.training_state["torch_rng"])
         start_epoch, iteration = ckpt.training_state["epoch"], ckpt.training_state["iteration"]
