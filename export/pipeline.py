@@ -152,19 +152,22 @@ def export_all(model: BABODetector, checkpoint: Checkpoint, checkpoint_path: str
     KeyboardInterrupt included."""
     output = Path(output)
     work = work or prepare_output(output)
+    omg_size = model.omg_size  # the export resizes the OMG input to `config`; the caller's model is restored
     try:
+        model.omg_size = config.omg_size if model.omg is not None else None
         report = _export(model, checkpoint, checkpoint_path, work, calibration, validation, config, options)
         publish(work, output)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+    finally:
+        model.omg_size = omg_size
     return report
 
 
 def _export(model, checkpoint, checkpoint_path, work: Path, calibration, validation, config: ModelConfig,
             options: ExportOptions) -> dict:
     started = time.perf_counter()
-    model.omg_size = config.omg_size if model.omg is not None else None
     input_hw = tuple(config.input_size)
     report = {"schema": REPORT_SCHEMA, "version": REPORT_VERSION, "checkpoint": str(checkpoint_path),
               "model": {"arch": config.arch, "width": config.width, "input_size": list(input_hw),

@@ -20,7 +20,8 @@ from export.pipeline import REPORT_FILE
 from export.to_ir import main as to_ir_main
 from models.builders import ModelConfig, build_model
 from runtime.detector import read_model_info
-from models.checkpoint import save_checkpoint
+from export.quantize import CalibrationImages
+from models.checkpoint import load_model, save_checkpoint
 from models.preprocess import to_model_input
 from tests.test_export import balanced_omg
 
@@ -271,3 +272,14 @@ def test_ctrl_c_leaves_nothing(tiny_checkpoint, tiny_dataset, tmp_path, monkeypa
     assert run_tiny(tiny_checkpoint, tiny_dataset, out, "--no-val") == 130
     assert "nothing written" in capsys.readouterr().err
     assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_export_at_another_size_leaves_the_callers_model_as_it_was(tiny_checkpoint, tiny_dataset, tmp_path):
+    model, checkpoint = load_model(tiny_checkpoint)
+    config = pipeline.export_config(checkpoint.config, 192)
+    assert config.omg_size == (96, 96) and model.omg_size == (64, 64)
+    calib = CalibrationImages(config.input_size, 2, tiny_dataset)
+    pipeline.export_all(model, checkpoint, tiny_checkpoint, tmp_path / "big", calib, None, config,
+                        pipeline.ExportOptions(precisions=("fp32",), parity_images=1))
+    assert model.omg_size == (64, 64)
+    assert json.loads((tmp_path / "big" / REPORT_FILE).read_text())["model"]["omg_size"] == [96, 96]
