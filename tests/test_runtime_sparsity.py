@@ -162,18 +162,23 @@ def test_instrumented_int8_outputs_stay_within_int8_noise(int8_model, images):
 
 def with_background_counts(model: ov.Model) -> tuple[ov.Model, dict[str, str]]:
     """`model` plus, per masking Multiply, an output counting the zeros of the (pooled) mask it
-    applies; and {conv node: that output} for the convs reading the product (via a FakeQuantize
-    in INT8)."""
+    applies; and {conv node: that output} for the convs reading the product (in INT8 through
+    the 8-bit product's Convert and constant scale of `export.lean_graph`, or a FakeQuantize)."""
     copy = model.clone()
     results, conv_output = [], {}
     for k, (multiply, port) in enumerate(mask_graph.find_mask_path(copy).multiplies):
-        is_zero = ops.convert(ops.equal(multiply.input_value(port), ops.constant(np.float32(0))), "i32")
+        mask = multiply.input_value(port)
+        zero = ops.constant(np.zeros((), mask.get_element_type().to_dtype()))
+        is_zero = ops.convert(ops.equal(mask, zero), "i32")
         count = ops.reduce_sum(is_zero, ops.constant(np.array([1, 2, 3])), keep_dims=False)
         count.output(0).set_names({f"background/{k}"})
         results.append(ops.result(count))
-        readers = [t.get_node() for t in multiply.output(0).get_target_inputs()]
-        readers += [t.get_node() for node in readers if node.get_type_name() == "FakeQuantize"
-                    for t in node.output(0).get_target_inputs()]
+        readers, pending = [], [multiply]
+        while pending:
+            for target in pending.pop().output(0).get_target_inputs():
+                readers.append(target.get_node())
+                if target.get_node().get_type_name() in ("FakeQuantize", "Convert", "Multiply"):
+                    pending.append(target.get_node())
         conv_output.update({node.get_friendly_name(): f"background/{k}" for node in readers
                             if node.get_type_name() in mask_graph.CONVOLUTIONS})
     copy.add_results(results)
@@ -183,7 +188,7 @@ def with_background_counts(model: ov.Model) -> tuple[ov.Model, dict[str, str]]:
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_masked_convs_count_at_least_the_blacked_out_background(precision, exported, int8_model, images):
     """Provable, so exact: where the (max-pooled) mask is 0 the masked product is exactly 0, and in
-    INT8 the FakeQuantize in front of the conv keeps 0 (checked by quantize_int8), so every masked
+    INT8 the 8-bit product scaled into the conv keeps 0 (checked by quantize_int8), so every masked
     conv input holds at least channels x the zero pixels of the mask it is multiplied with. The
     INT8 model's mask differs from the FP32 one (its OMG is quantized): each is compared with its
     own mask."""
