@@ -24,11 +24,13 @@ import openvino as ov
 
 from models.preprocess import to_model_input
 from runtime.devices import DeviceError, check_static_for_npu, resolve_device
+from runtime.sparse import SparseError, SparseRunner
 
 MODEL_INFO = "model_info"
 IR_FORMAT = "babo-edge-ir"
 SUPPORTED_FORMAT_VERSIONS = ("1",)
 HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
+EXECUTIONS = ("dense", "roi", "auto")
 RAW_OUTPUTS = ("cls_logits", "box_deltas")
 _TO_RGB = {1: cv2.COLOR_GRAY2RGB, 3: cv2.COLOR_BGR2RGB, 4: cv2.COLOR_BGRA2RGB}
 
@@ -68,6 +70,9 @@ class Result:
     # Every output of the request (e.g. an instrumented model's zero counts), when the Detector
     # was made with keep_outputs=True.
     outputs: Mapping[str, np.ndarray] | None = field(default=None, repr=False)
+    # How the detector ran: "dense", "roi" (on `roi`) or "empty" (empty mask: the OMG alone).
+    execution: str = "dense"
+    roi: tuple[float, float, float, float] | None = None  # x1, y1, x2, y2 of the crop in frame pixels
 
     @property
     def label_names(self) -> list[str]:
@@ -233,11 +238,17 @@ class Detector:
     def __init__(self, model: str | os.PathLike | ov.Model, device: str = "CPU", *, hint: str = "LATENCY",
                  cache_dir: str | os.PathLike | None = None, num_requests: int = 0,
                  config: Mapping[str, Any] | None = None, score_threshold: float | None = None,
-                 callback: Callback | None = None, core: ov.Core | None = None, keep_outputs: bool = False):
+                 callback: Callback | None = None, core: ov.Core | None = None, keep_outputs: bool = False,
+                 execution: str = "dense"):
         """`model`: the .xml path of an IR, or an openvino.Model carrying the same model_info (see
         `from_model`). `config`: extra plugin properties, e.g. {"INFERENCE_PRECISION_HINT": "f32"}.
         `score_threshold`: default the IR's confidence_threshold. `keep_outputs`: results carry
-        every output of their request (`Result.outputs`), e.g. for runtime.sparsity counters."""
+        every output of their request (`Result.outputs`), e.g. for runtime.sparsity counters.
+        `execution`: "dense" runs the IR as it is; "roi" runs the OMG first, then nothing on an
+        empty mask, else the detector on the foreground's crop (runtime.sparse: same detections);
+        "auto" picks dense or ROI per frame from latencies measured here ("dense" on a vanilla
+        IR). OMG-first frames run in the caller's thread, asynchronous ones too (the crop
+        depends on the mask), and keep only the `detections` and `mask` outputs."""
         core = core or ov.Core()
         in_memory = isinstance(model, ov.Model)
         source = f"model {model.get_friendly_name()!r}" if in_memory else str(model)
@@ -246,8 +257,11 @@ class Detector:
         check_graph(self.model, self.info, source)
         self.device = resolve_device(device, core)
         check_static_for_npu(self.model, self.device)
+        properties = compile_config(hint, cache_dir, config)
+        self._sparse = self._sparse_runner(execution, core, properties, source)
+        self.execution = "dense" if self._sparse is None else execution
         try:
-            self.compiled = core.compile_model(self.model, self.device, compile_config(hint, cache_dir, config))
+            self.compiled = core.compile_model(self.model, self.device, properties)
         except RuntimeError as e:
             raise DeviceError(f"cannot compile {source} for {self.device}: {openvino_message(e)}") from None
         self.score_threshold = self.info.confidence_threshold if score_threshold is None else score_threshold
@@ -263,6 +277,25 @@ class Detector:
         self._finished: dict[int, tuple[Any, Result | None]] = {}  # finished out of order, not yet delivered
         self._ready: deque[tuple[Any, Result]] = deque()
         self._errors: list[Exception] = []
+
+    def _sparse_runner(self, execution: str, core: ov.Core, config: dict, source: str) -> SparseRunner | None:
+        """OMG-first execution, or None to run the one dense graph ("dense", or "auto" on a
+        vanilla IR: nothing to skip)."""
+        if execution not in EXECUTIONS:
+            raise ValueError(f"unknown execution {execution!r}; use one of {', '.join(EXECUTIONS)}")
+        if execution == "dense" or (execution == "auto" and self.info.mask_input_hw is None):
+            return None
+        if self.info.mask_input_hw is None:
+            raise ModelError(f"{source}: {execution} execution needs a BABO IR (this one has no mask)")
+        if self.info.entries.get("blacked_out_anchors") != "background":
+            raise ModelError(f"{source}: {execution} execution needs mask-aware post-processing (model_info "
+                             f"blacked_out_anchors = background); re-export it with export/to_ir.py")
+        try:
+            return SparseRunner(self.model, self.input_hw, core, self.device, config, execution)
+        except SparseError as e:
+            raise ModelError(f"{source}: cannot run {execution}: {e}") from None
+        except RuntimeError as e:
+            raise DeviceError(f"cannot compile {source} for {self.device}: {openvino_message(e)}") from None
 
     @classmethod
     def from_model(cls, model: ov.Model, device: str = "CPU", **options) -> Detector:
@@ -284,7 +317,18 @@ class Detector:
 
     def __call__(self, frame: np.ndarray) -> Result:
         inputs = preprocess(frame, self.input_hw)
+        if self._sparse is not None:
+            return self._sparse_result(inputs, frame.shape[:2])
         return self._postprocess(self.run(inputs), frame.shape[:2])
+
+    def _sparse_result(self, inputs: np.ndarray, frame_hw: tuple[int, int]) -> Result:
+        outputs, execution, crop = self._sparse.run(inputs)
+        result = replace(self._postprocess(outputs, frame_hw), execution=execution)
+        if crop is None or execution == "dense":
+            return result
+        (y0, x0, h, w), (input_h, input_w) = crop, self.input_hw
+        sy, sx = frame_hw[0] / input_h, frame_hw[1] / input_w
+        return replace(result, roi=(x0 * sx, y0 * sy, (x0 + w) * sx, (y0 + h) * sy))
 
     def run(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
         """Synchronous inference on a preprocessed input: {output name: array}, every output of
@@ -295,8 +339,17 @@ class Detector:
     def infer_async(self, frame: np.ndarray, userdata: Any = None) -> None:
         """Submits `frame`; a bad frame raises FrameError here, in the caller's thread."""
         inputs = preprocess(frame, self.input_hw)
-        self._queue.start_async({0: inputs}, (self._submitted, frame.shape[:2], userdata))
-        self._submitted += 1
+        index, self._submitted = self._submitted, self._submitted + 1
+        if self._sparse is None:
+            self._queue.start_async({0: inputs}, (index, frame.shape[:2], userdata))
+            return
+        try:
+            result = self._sparse_result(inputs, frame.shape[:2])
+        except Exception as e:  # anything: raised by wait_all(), as for asynchronous requests
+            result = None
+            with self._lock:
+                self._errors.append(e)
+        self._finish(index, userdata, result)
 
     def wait_all(self) -> None:
         self._queue.wait_all()
@@ -332,6 +385,9 @@ class Detector:
             result = None
             with self._lock:
                 self._errors.append(e)
+        self._finish(index, user, result)
+
+    def _finish(self, index: int, user: Any, result: Result | None) -> None:
         with self._lock:
             self._finished[index] = (user, result)
             while self._delivered in self._finished:

@@ -1,0 +1,342 @@
+"""Sparse-scene execution of a BABO IR: the OMG first, then nothing, a crop, or the dense detector.
+
+Exact (the dense graph's detections) because every conv input of the detector is masked, so a
+foreground activation depends only on foreground inputs, and because the IR's post-processing
+scores every anchor on a blacked-out cell 0 (`model_info` `blacked_out_anchors = "background"`):
+head outputs there never matter, so no background constants are needed.
+
+- empty mask: no detection can survive, the detector does not run.
+- ROI: the foreground's bounding box, snapped to the stride-32 grid (the backbone's output
+  stride: `ROI_STRIDE`), runs the fine part (backbone and the heads at strides <= 32) on the
+  crop; its outputs are pasted (ScatterUpdate at the crop's offset, zeros elsewhere) into
+  full-size maps, and the coarse part (SSDLite extra layers, heads, decoding, NMS) runs densely
+  on them. Outside the crop the dense graph sees exact zeros too at every conv input, and the
+  pasted head maps are read only at anchors the mask keeps alive.
+
+The sub-models are cut from the IR at run time by OpenVINO graph surgery (torch-free) rather
+than exported as extra IRs: any IR exported with mask-aware post-processing runs sparse, with
+or without the exporter's graph rewrites, and each crop size gets its own static model (dynamic
+shapes cost +27-34% on this CPU) built on demand from the one .xml. Cut points are found by
+structure: the `mask` output's value, the spatial level of each op's output and op kinds. One
+fused model per crop size (crop, fine part, paste, coarse part) keeps a frame at two inference
+calls (OMG, detector) and hands every feature over inside the graph, in its own precision.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import openvino as ov
+import openvino.opset13 as ops
+
+ROI_STRIDE = 32
+CONVOLUTIONS = ("Convolution", "GroupConvolution")
+# Ops whose output at a location reads only that location (or, for convs and pools, the aligned
+# window of the ceil-mode pyramid): they may run on a crop.
+LOCAL_OPS = (*CONVOLUTIONS, "Add", "Subtract", "Multiply", "Divide", "Maximum", "Minimum", "Clamp", "Relu",
+             "PRelu", "Sigmoid", "Swish", "HSwish", "HSigmoid", "Exp", "Sqrt", "Power", "Convert", "FakeQuantize",
+             "MaxPool", "AvgPool")
+MASK_INPUT = "mask"
+OFFSET_INPUT = "roi_offset"  # (2,) int64: the crop's origin in stride-32 cells (row, column)
+
+
+class SparseError(ValueError):
+    """The IR cannot run sparse (no mask, no mask-aware post-processing, or an unknown structure)."""
+
+
+def _result_of(model: ov.Model, name: str) -> ov.Node:
+    for result in model.get_results():
+        if name in result.input_value(0).get_names() or name in result.output(0).get_names():
+            return result
+    raise SparseError(f"the model has no {name!r} output")
+
+
+def pyramid_sizes(input_hw: tuple[int, int], levels: int) -> list[tuple[int, int]]:
+    """(h, w) of the mask pyramid's levels 0..levels (ceil-mode halving)."""
+    sizes = [tuple(input_hw)]
+    for _ in range(levels):
+        sizes.append((math.ceil(sizes[-1][0] / 2), math.ceil(sizes[-1][1] / 2)))
+    return sizes
+
+
+@dataclass(frozen=True)
+class _Cut:
+    producer: int  # index in the detector model's ordered ops
+    port: int
+    consumer: int
+    input: int
+    level: int  # pyramid level of the produced map (stride 2**level); -1: read by a ShapeOf
+
+
+class SparsePlan:
+    """The sub-models of one BABO IR: `omg` (image -> mask, its row and column maxima),
+    `detector` (image, mask -> detections: the dense detector after the OMG) and
+    `roi(h, w)` (image, mask, offset -> detections, the fine part on an h x w crop)."""
+
+    def __init__(self, model: ov.Model, input_hw: tuple[int, int]):
+        self.input_hw = tuple(input_hw)
+        self.cell_levels = int(math.log2(ROI_STRIDE))
+        if min(self.input_hw) <= ROI_STRIDE:
+            raise SparseError(f"input {self.input_hw} is too small for ROI execution (needs > {ROI_STRIDE} px)")
+        self.omg = self._omg(model.clone())
+        self.detector = self._detector(model.clone())
+        self._ops = self.detector.get_ordered_ops()
+        self._cuts = self._find_cuts()
+
+    @property
+    def cells(self) -> tuple[int, int]:
+        return tuple(math.ceil(side / ROI_STRIDE) for side in self.input_hw)
+
+    @staticmethod
+    def _omg(model: ov.Model) -> ov.Model:
+        """The OMG alone; row/column maxima of the mask let the host find the box in H + W values."""
+        mask = _result_of(model, "mask").input_value(0)
+        image = model.get_parameters()[0]
+        rows = ops.reduce_max(mask, ops.constant(np.array([0, 1, 3], np.int64)), keep_dims=False)
+        cols = ops.reduce_max(mask, ops.constant(np.array([0, 1, 2], np.int64)), keep_dims=False)
+        outputs = [ops.result(mask), ops.result(rows), ops.result(cols)]
+        for result, name in zip(outputs, ("mask", "mask_rows", "mask_cols")):
+            result.output(0).get_tensor().set_names({name})
+        omg = ov.Model(outputs, [image], "babo_omg")
+        omg.validate_nodes_and_infer_types()
+        return omg
+
+    @staticmethod
+    def _detector(model: ov.Model) -> ov.Model:
+        """The detector on a given mask: the `mask` output's value replaced by a parameter."""
+        mask = _result_of(model, "mask").input_value(0)
+        parameter = ops.parameter(mask.get_partial_shape(), mask.get_element_type(), name=MASK_INPUT)
+        parameter.output(0).get_tensor().set_names({MASK_INPUT})
+        for target in list(mask.get_target_inputs()):
+            if target.get_node().get_type_name() != "Result":
+                target.replace_source_output(parameter.output(0))
+        image = model.get_parameters()[0]
+        try:
+            detector = ov.Model([_result_of(model, "detections")], [image, parameter], "babo_detector")
+        except RuntimeError:
+            raise SparseError("the detections depend on the OMG other than through its mask") from None
+        detector.validate_nodes_and_infer_types()
+        return detector
+
+    def _find_cuts(self) -> list[_Cut]:
+        """Classifies every op of the detector as constant, mask (computed from the mask alone),
+        fine (a local op on a map at stride <= 32, from the image) or coarse, and returns the
+        fine -> coarse edges: where the crop's maps are pasted back."""
+        levels = {size: k for k, size in reversed(list(enumerate(pyramid_sizes(self.input_hw, self.cell_levels))))}
+        index = {op.get_instance_id(): i for i, op in enumerate(self._ops)}
+        kinds, level_of, cuts = [], {}, []
+        image, mask = self.detector.get_parameters()
+        for i, op in enumerate(self._ops):
+            inputs = [kinds[index[value.get_node().get_instance_id()]] for value in op.input_values()]
+            if op.get_type_name() == "Constant":
+                kind = "constant"
+            elif op.get_instance_id() == image.get_instance_id():
+                kind, level_of[i] = "fine", 0
+            elif op.get_instance_id() == mask.get_instance_id() or (inputs and set(inputs) <= {"constant", "mask"}):
+                kind = "mask"
+            elif "coarse" not in inputs and op.get_type_name() in LOCAL_OPS and self._level(op, levels) is not None:
+                kind, level_of[i] = "fine", self._level(op, levels)
+            else:
+                kind = "coarse"
+            kinds.append(kind)
+            if kind != "coarse":
+                continue
+            for port, value in enumerate(op.input_values()):
+                producer = index[value.get_node().get_instance_id()]
+                if kinds[producer] != "fine":
+                    continue
+                if op.get_type_name() == "ShapeOf":  # of a static map: becomes a constant
+                    cuts.append(_Cut(producer, value.get_index(), i, port, -1))
+                    continue
+                if not (op.get_type_name() in CONVOLUTIONS or self._is_head_output(value.get_node())):
+                    raise SparseError(f"cannot run {op.get_friendly_name()} ({op.get_type_name()}) after a crop: "
+                                      "its input is neither a masked conv input nor a head output")
+                cuts.append(_Cut(producer, value.get_index(), i, port, level_of[producer]))
+        if not cuts:
+            raise SparseError("found no fine -> coarse boundary in the detector")
+        return cuts
+
+    @staticmethod
+    def _level(op: ov.Node, levels: dict) -> int | None:
+        shape = op.get_output_partial_shape(0)
+        if op.get_output_size() != 1 or not shape.is_static or len(shape) != 4:
+            return None
+        return levels.get((shape[2].get_length(), shape[3].get_length()))
+
+    @staticmethod
+    def _is_head_output(node: ov.Node) -> bool:
+        """A conv's output (with its bias): read per anchor, scored 0 where blacked out."""
+        if node.get_type_name() == "Add":
+            return any(value.get_node().get_type_name() in CONVOLUTIONS for value in node.input_values())
+        return node.get_type_name() in CONVOLUTIONS
+
+    def roi(self, crop_hw: tuple[int, int]) -> ov.Model:
+        """The detector whose fine part runs on a crop of `crop_hw` pixels at the origin given by
+        the `roi_offset` input (stride-32 cells); the crop must fit in the input from there."""
+        crop_h, crop_w = crop_hw
+        fine, coarse = self.detector.clone(), self.detector.clone()
+        fine_ops, coarse_ops = fine.get_ordered_ops(), coarse.get_ordered_ops()
+        image, mask = fine.get_parameters()
+        offset = ops.parameter([2], ov.Type.i64, name=OFFSET_INPUT)
+        offset.output(0).get_tensor().set_names({OFFSET_INPUT})
+        row, col = (ops.gather(offset, ops.constant(np.array([i], np.int64)), ops.constant(np.int64(0)))
+                    for i in (0, 1))
+
+        def indices(start_cells, length: int, level: int) -> ov.Output:
+            scale = ops.constant(np.array([ROI_STRIDE >> level], np.int64))
+            return ops.add(ops.multiply(start_cells, scale), ops.constant(np.arange(length, dtype=np.int64))).output(0)
+
+        def crop(value: ov.Output) -> ov.Output:
+            value = ops.gather(value, indices(row, crop_h, 0), ops.constant(np.int64(2)))
+            return ops.gather(value, indices(col, crop_w, 0), ops.constant(np.int64(3))).output(0)
+
+        for parameter in (image, mask):
+            targets = list(parameter.output(0).get_target_inputs())
+            cropped = crop(parameter.output(0))
+            for target in targets:
+                target.replace_source_output(cropped)
+        # Shapes of the fine part on the crop, before pasting it.
+        producers = {(cut.producer, cut.port) for cut in self._cuts if cut.level >= 0}
+        ov.Model([ops.result(fine_ops[i].output(port)) for i, port in producers], [image, mask, offset]
+                 ).validate_nodes_and_infer_types()
+        coarse_mask = coarse.get_parameters()[1]
+        for target in list(coarse_mask.output(0).get_target_inputs()):
+            target.replace_source_output(mask.output(0))
+        pasted = {}
+        for cut in self._cuts:
+            if cut.level < 0:
+                shape_of = coarse_ops[cut.consumer]
+                value = ops.constant(np.array(self._ops[cut.producer].get_output_shape(cut.port),
+                                              shape_of.get_output_element_type(0).to_dtype()))
+                for target in list(shape_of.output(0).get_target_inputs()):
+                    target.replace_source_output(value.output(0))
+                continue
+            key = (cut.producer, cut.port)
+            if key not in pasted:
+                full = self._ops[cut.producer].output(cut.port)
+                pasted[key] = self._paste(fine_ops[cut.producer].output(cut.port), full, cut.level,
+                                          indices, row, col, crop_hw)
+            coarse_ops[cut.consumer].input(cut.input).replace_source_output(pasted[key])
+        roi = ov.Model([_result_of(coarse, "detections")], [image, mask, offset], f"babo_roi_{crop_h}x{crop_w}")
+        roi.validate_nodes_and_infer_types()
+        return roi
+
+    @staticmethod
+    def _paste(value: ov.Output, full: ov.Output, level: int, indices, row, col, crop_hw) -> ov.Output:
+        """`value` (1, C, h, w) on the crop -> (1, C, H, W) at the crop's place, zeros elsewhere."""
+        n, channels, height, width = full.get_partial_shape().to_shape()
+        h, w = (math.ceil(side / (1 << level)) for side in crop_hw)
+        zero = ops.constant(np.zeros((), full.get_element_type().to_dtype()))
+        rows = ops.scatter_update(ops.broadcast(zero, ops.constant(np.array([n, channels, height, w], np.int64))),
+                                  indices(row, h, level), value, ops.constant(np.int64(2)))
+        return ops.scatter_update(ops.broadcast(zero, ops.constant(np.array([n, channels, height, width], np.int64))),
+                                  indices(col, w, level), rows, ops.constant(np.int64(3))).output(0)
+
+
+def crop_of(rows: np.ndarray, cols: np.ndarray, input_hw: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """The mask's row and column maxima -> the foreground box snapped to the stride-32 grid as
+    (y0, x0, h, w) input pixels (the far sides end on the grid or the input's edge), or None
+    for an empty mask."""
+    ys, xs = np.flatnonzero(rows), np.flatnonzero(cols)
+    if ys.size == 0:
+        return None
+    box = []
+    for found, side in zip((ys, xs), input_hw):
+        start = int(found[0]) // ROI_STRIDE * ROI_STRIDE
+        end = min((int(found[-1]) // ROI_STRIDE + 1) * ROI_STRIDE, side)
+        # A partial last cell of <= 16 px alone is 1 px at stride 16, too small for the mask's
+        # 2x2 max-pool: one more cell (the input is > 32 px).
+        start = start - ROI_STRIDE if end - start <= ROI_STRIDE // 2 else start
+        box += [start, end - start]
+    return box[0], box[2], box[1], box[3]
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Detector latency (s) after the OMG: dense, and ROI as `fixed + per_area * crop area`
+    (area as a fraction of the input), fitted to crops timed when the models are compiled."""
+
+    dense: float
+    fixed: float
+    per_area: float
+
+    def prefers_roi(self, area: float) -> bool:
+        return self.fixed + self.per_area * area < self.dense
+
+
+class SparseRunner:
+    """Runs one frame OMG-first: `run(inputs) -> (outputs, execution, crop)`, with execution
+    "empty" (no detector), "roi" or "dense" and crop (y0, x0, h, w) in input pixels.
+
+    `execution`: "roi" uses a crop whenever it is smaller than the input; "auto" asks the cost
+    model, measured here on `timing_crops` crop sizes (with `repeats` runs each). Crop models
+    are compiled on first use of their size (a CACHE_DIR in `config` keeps them across runs)."""
+
+    def __init__(self, model: ov.Model, input_hw: tuple[int, int], core: ov.Core, device: str, config: dict,
+                 execution: str, repeats: int = 20):
+        self.plan = SparsePlan(model, input_hw)
+        self.core, self.device, self.config = core, device, config
+        self.execution = execution
+        self._omg = core.compile_model(self.plan.omg, device, config).create_infer_request()
+        self._mask = self._omg.get_tensor("mask")
+        self._dense = self._with_mask(core.compile_model(self.plan.detector, device, config).create_infer_request())
+        self._rois: dict[tuple[int, int], ov.InferRequest] = {}
+        self.cost = self._measure(repeats) if execution == "auto" else None
+
+    def _with_mask(self, request: ov.InferRequest) -> ov.InferRequest:
+        request.set_tensor(MASK_INPUT, self._mask)  # the OMG's output buffer: no copy per frame
+        return request
+
+    def roi_request(self, crop_hw: tuple[int, int]) -> ov.InferRequest:
+        if crop_hw not in self._rois:
+            compiled = self.core.compile_model(self.plan.roi(crop_hw), self.device, self.config)
+            self._rois[crop_hw] = self._with_mask(compiled.create_infer_request())
+        return self._rois[crop_hw]
+
+    def run(self, inputs: np.ndarray) -> tuple[dict[str, np.ndarray], str, tuple[int, int, int, int] | None]:
+        self._omg.infer({0: inputs}, share_inputs=True)
+        outputs = {"mask": self._mask.data.copy()}
+        crop = crop_of(self._omg.get_tensor("mask_rows").data, self._omg.get_tensor("mask_cols").data,
+                       self.plan.input_hw)
+        if crop is None:
+            outputs["detections"] = np.zeros((0, 7), np.float32)
+            return outputs, "empty", None
+        y0, x0, h, w = crop
+        full = (h, w) == self.plan.input_hw
+        area = h * w / (self.plan.input_hw[0] * self.plan.input_hw[1])
+        if full or (self.cost is not None and not self.cost.prefers_roi(area)):
+            request, execution = self._dense, "dense"
+        else:
+            request, execution = self.roi_request((h, w)), "roi"
+            request.get_tensor(OFFSET_INPUT).data[:] = (y0 // ROI_STRIDE, x0 // ROI_STRIDE)
+        request.infer({"image": inputs}, share_inputs=True)
+        outputs["detections"] = request.get_tensor("detections").data.copy()
+        return outputs, execution, crop
+
+    def _measure(self, repeats: int) -> CostModel:
+        """Latency of the dense detector and of ROI crops of 1, ~1/4 and ~1/2 of the cells
+        (zero inputs: dense kernels take the same time whatever the values)."""
+        inputs = np.zeros((1, 3, *self.plan.input_hw), np.float32)
+
+        def median(request: ov.InferRequest) -> float:
+            request.infer({"image": inputs}, share_inputs=True)  # warm-up
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                request.infer({"image": inputs}, share_inputs=True)
+                times.append(time.perf_counter() - start)
+            return float(np.median(times))
+
+        rows, cols = self.plan.cells
+        sizes = sorted({(1, 1), (max(1, rows // 2), max(1, cols // 2)), (max(1, rows // 2), cols)})
+        areas, latencies = [], []
+        for size_rows, size_cols in sizes:
+            crop_hw = (min(size_rows * ROI_STRIDE, self.plan.input_hw[0]), min(size_cols * ROI_STRIDE, self.plan.input_hw[1]))
+            request = self.roi_request(crop_hw)
+            request.get_tensor(OFFSET_INPUT).data[:] = (0, 0)
+            areas.append(crop_hw[0] * crop_hw[1] / (self.plan.input_hw[0] * self.plan.input_hw[1]))
+            latencies.append(median(request))
+        per_area, fixed = np.polyfit(areas, latencies, 1) if len(set(areas)) > 1 else (0.0, latencies[0])
+        return CostModel(dense=median(self._dense), fixed=float(fixed), per_area=float(per_area))
