@@ -3,10 +3,13 @@
     python runtime/benchmark.py [--model DIR|XML ...] [--device CPU] [--precision fp32,int8]
         [--frames 32] [--duration 5] [--pytorch CKPT ...] [--json out.json]
         [--baseline FILE --max-regression 0.10]
+        [--execution dense,roi,auto [--scenes video,val,empty] [--rounds 5]]
 
 Default models: models/zoo/vanilla-ssdlite-256_ir and models/zoo/babo-ssdlite-256_ir (those
 present). Exit 0, 1 when a row regressed against --baseline (one line per metric), 2 on bad
 input (missing model or device, corrupt baseline), 130 on Ctrl-C. See runtime/latency.py.
+With --execution, frame latency of each execution mode (runtime.sparse) per scene instead:
+the demo video, the val split and empty (black) frames, modes side by side with vanilla.
 """
 from __future__ import annotations
 
@@ -17,16 +20,19 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np
 import openvino as ov
 
 from calibration.errors import DatasetError
 from models.cli import choice_list, positive_int, write_json
-from runtime.detector import ModelError
+from runtime.detector import EXECUTIONS, ModelError
 from runtime.devices import DeviceError, resolve_device
 from runtime.artifacts import PRECISIONS
-from runtime.latency import (BenchmarkError, Settings, compare_to_baseline, default_model_folders,
-                             format_table, load_val_frames, other_machine, read_baseline, resolve_targets,
-                             run_benchmark)
+from runtime.latency import (BenchmarkError, Settings, compare_executions, compare_to_baseline,
+                             default_model_folders, format_executions, format_table, load_val_frames,
+                             other_machine, read_baseline, resolve_targets, run_benchmark)
+
+SCENES = ("video", "val", "empty")
 
 
 def fraction(text: str) -> float:
@@ -61,7 +67,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--baseline", type=Path, help="a previous --json report: exit 1 when a row regressed")
     parser.add_argument("--max-regression", type=fraction, default=0.10,
                         help="allowed median latency rise / throughput fall against --baseline (default 0.10)")
+    parser.add_argument("--execution", type=choice_list(EXECUTIONS, "execution modes"),
+                        help="compare these execution modes (comma list of dense, roi, auto) per scene instead")
+    parser.add_argument("--scenes", type=choice_list(SCENES, "scenes"), default=SCENES,
+                        help="with --execution: comma list of video, val, empty (default: all)")
+    parser.add_argument("--rounds", type=positive_int, default=5, help="with --execution: interleaved rounds")
     return parser.parse_args(argv)
+
+
+def scene_frames(scenes, count: int, data: Path | None) -> dict:
+    """The frames of each scene: the demo video, val images, and black frames of the video's size
+    (an empty scene: the demo OMG keeps no pixel of them)."""
+    frames = {scene: load_val_frames(count, data, scene) for scene in scenes if scene != "empty"}
+    if "empty" in scenes:
+        shape = (frames.get("video") or load_val_frames(1, data, "video"))[0].shape
+        frames["empty"] = [np.zeros(shape, np.uint8)] * count
+    return frames
 
 
 def model_paths(args: argparse.Namespace) -> list[Path]:
@@ -86,6 +107,13 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             raise BenchmarkError(f"{missing[0]}: no such checkpoint")
         baseline = read_baseline(args.baseline) if args.baseline else None
+        if args.execution:
+            report = compare_executions(targets, scene_frames(args.scenes, args.frames, args.data), args.execution,
+                                        device, args.rounds, core)
+            print(format_executions(report))
+            if args.json:
+                write_json(args.json, report)
+            return 0
         frames = load_val_frames(args.frames, args.data)
         settings = Settings(device=device, frames=args.frames, duration=args.duration)
         report = run_benchmark(targets, frames, settings, args.pytorch, core)

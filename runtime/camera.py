@@ -18,7 +18,9 @@ latency.
 
 Live GMAC*: the model is compiled `instrument`ed (runtime/sparsity.py), so every request also
 returns the zeros at each conv input, kept on its results (`keep_outputs`) for the drawing
-side's `SparsityCounter`.
+side's `SparsityCounter`. With ROI / auto execution (runtime.sparse) the detector runs on sub-models
+cut from the IR, which carry no counters: the overlay shows the path each frame took and its crop
+instead, and the report has the timings and how often each path ran.
 """
 from __future__ import annotations
 
@@ -263,13 +265,16 @@ class Pipeline:
     def __init__(self, model: ov.Model, source: Source, device: str = "CPU", *, hint: str = "LATENCY",
                  num_requests: int = 2, score_threshold: float | None = DISPLAY_THRESHOLD,
                  config: Mapping[str, Any] | None = None, max_frames: int | None = None, retries: int = RETRIES,
-                 backoff_s: float = BACKOFF_S, core: ov.Core | None = None):
-        """`score_threshold`: None for the IR's confidence_threshold."""
+                 backoff_s: float = BACKOFF_S, core: ov.Core | None = None, execution: str = "dense"):
+        """`score_threshold`: None for the IR's confidence_threshold. `execution`: see
+        runtime.detector.Detector; only "dense" has the zero counters (`counter`, else None)."""
         self.source, self.max_frames, self.retries, self.backoff_s = source, max_frames, retries, backoff_s
-        self.detector = Detector.from_model(instrumented(model), device, hint=hint, num_requests=num_requests,
-                                            score_threshold=score_threshold, config=config, core=core,
-                                            callback=self._on_result, keep_outputs=True)
-        self.counter = SparsityCounter.from_model(model)
+        dense = execution == "dense"
+        self.detector = Detector.from_model(instrumented(model) if dense else model, device, hint=hint,
+                                            num_requests=num_requests, score_threshold=score_threshold, config=config,
+                                            core=core, callback=self._on_result, keep_outputs=dense,
+                                            execution=execution)
+        self.counter = SparsityCounter.from_model(model) if dense else None
         self.dropped = 0
         self.ended: str | None = None
         self._slots = threading.BoundedSemaphore(self.detector.num_requests)
@@ -407,11 +412,15 @@ def draw_detections(image: np.ndarray, result: Result) -> None:
 
 
 def draw(frame: np.ndarray, result: Result, hud: list[str]) -> np.ndarray:
-    """The annotated BGR frame: tinted background, boxes with label and score, `hud` lines top left."""
+    """The annotated BGR frame: tinted background, the ROI crop (a thin white frame), boxes
+    with label and score, `hud` lines top left."""
     image = to_bgr(frame)
     mask = result.mask_at_frame_size()
     if mask is not None:
         tint_background(image, mask)
+    if result.roi is not None:
+        x1, y1, x2, y2 = (int(round(v)) for v in result.roi)
+        cv2.rectangle(image, (x1, y1), (x2 - 1, y2 - 1), (255, 255, 255), 1)
     draw_detections(image, result)
     y = 0
     for line in hud:
@@ -435,11 +444,18 @@ class Stats:
         self._first_submitted: float | None = None
         self._latency_sum = self._mac_star_sum = 0.0
         self.latency_s = self.mac_star = 0.0
+        self.executions: dict[str, int] = {}  # frames per path (dense, roi, empty)
+        self.execution, self.counted = "dense", True
 
-    def add(self, delivered: Delivered, mac_star: float) -> None:
+    def add(self, delivered: Delivered, mac_star: float | None) -> None:
+        """`mac_star` None: no counters (sparse execution); the path the frame took is counted."""
         if self._first_submitted is None:
             self._first_submitted = delivered.submitted.submitted_at
         self.frames += 1
+        self.executions[delivered.result.execution] = self.executions.get(delivered.result.execution, 0) + 1
+        self.execution = delivered.result.execution
+        self.counted = mac_star is not None
+        mac_star = mac_star or 0.0
         self._recent.append(delivered.delivered_at)
         self.latency_s, self.mac_star = delivered.latency_s, mac_star
         self._latency_sum += delivered.latency_s
@@ -467,12 +483,14 @@ class Stats:
 
     def hud(self, fg_ratio: float | None) -> list[str]:
         fg = "" if fg_ratio is None else f"  FG {100 * fg_ratio:.0f}%"
-        return [f"{self.fps:.1f} FPS  latency {1000 * self.latency_s:.0f} ms",
-                f"GMAC* {self.mac_star / 1e9:.3f} (mean {self.mean_mac_star / 1e9:.3f}) of {self.mac / 1e9:.3f}{fg}"]
+        second = (f"GMAC* {self.mac_star / 1e9:.3f} (mean {self.mean_mac_star / 1e9:.3f}) of {self.mac / 1e9:.3f}"
+                  if self.counted else f"exec {self.execution}")
+        return [f"{self.fps:.1f} FPS  latency {1000 * self.latency_s:.0f} ms", second + fg]
 
     def status(self) -> str:
-        return (f"frame {self.frames}: {self.fps:.1f} FPS, latency {1000 * self.latency_s:.0f} ms, "
-                f"GMAC* {self.mean_mac_star / 1e9:.3f} of {self.mac / 1e9:.3f}")
+        work = (f"GMAC* {self.mean_mac_star / 1e9:.3f} of {self.mac / 1e9:.3f}" if self.counted else
+                "ran " + ", ".join(f"{path} {count}" for path, count in sorted(self.executions.items())))
+        return f"frame {self.frames}: {self.fps:.1f} FPS, latency {1000 * self.latency_s:.0f} ms, {work}"
 
 
 # --- outputs ---
@@ -597,7 +615,7 @@ class Session:
     fps: float
     mean_latency_ms: float
     video: Path | None
-    report: dict | None  # models.accounting schema; None when no frame was processed
+    report: dict | None  # models.accounting schema ({"meta"} only without counters); None: no frame processed
 
 
 def run(pipeline: Pipeline, *, output: str | os.PathLike | None = None, show: bool = False,
@@ -606,7 +624,8 @@ def run(pipeline: Pipeline, *, output: str | os.PathLike | None = None, show: bo
     without a window, prints a status line every `status_every_s`. The report's meta is `meta`
     plus this run's figures. A second Ctrl-C (KeyboardInterrupt) or an error discards the video."""
     writer = window = None
-    stats = Stats(mac=sum(conv_macs(layer) for layer in pipeline.counter.layers))
+    counter = pipeline.counter
+    stats = Stats(mac=sum(conv_macs(layer) for layer in counter.layers) if counter else 0.0)
     last_status = time.perf_counter()
     try:
         writer = AtomicVideoWriter(output, pipeline.source.fps or DEFAULT_VIDEO_FPS) if output else None
@@ -614,8 +633,7 @@ def run(pipeline: Pipeline, *, output: str | os.PathLike | None = None, show: bo
         with stop_on_sigint(pipeline.request_stop):
             pipeline.start()
             for delivered in pipeline.deliveries():
-                counts = pipeline.counter.add(delivered.result.outputs)
-                stats.add(delivered, frame_mac_star(counts[0]))
+                stats.add(delivered, frame_mac_star(counter.add(delivered.result.outputs)[0]) if counter else None)
                 image = draw(delivered.submitted.frame, delivered.result, stats.hud(delivered.result.fg_ratio))
                 if writer:
                     writer.write(image)
@@ -636,6 +654,8 @@ def run(pipeline: Pipeline, *, output: str | os.PathLike | None = None, show: bo
     figures = {"source": pipeline.source.name, "device": pipeline.detector.device, "frames": stats.frames,
                "dropped_frames": pipeline.dropped, "ended": pipeline.ended, "fps": stats.mean_fps,
                "mean_latency_ms": 1000 * stats.mean_latency_s, "requests": pipeline.detector.num_requests}
-    report = pipeline.counter.report({**(meta or {}), **figures}) if stats.frames else None
+    figures["executions"] = stats.executions
+    meta = {**(meta or {}), **figures}
+    report = None if not stats.frames else counter.report(meta) if counter else {"meta": meta}
     return Session(frames=stats.frames, dropped=pipeline.dropped, ended=pipeline.ended, fps=stats.mean_fps,
                    mean_latency_ms=1000 * stats.mean_latency_s, video=video, report=report)

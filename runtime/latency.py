@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from models.accounting import figures
 from runtime.artifacts import EXPORT_SUFFIX, IR_FILE, PRECISIONS, ZOO, default_export_dir, ir_path
-from runtime.detector import Detector, compile_config, openvino_message, preprocess, read_ir
+from runtime.detector import Detector, compile_config, openvino_message, preprocess, read_ir, read_model_info
 from runtime.sparsity import SparsityCounter, instrument, measure_overhead
 
 SCHEMA = "babo-edge/benchmark"
@@ -120,13 +120,13 @@ def default_model_folders(candidates: Sequence[Path] = DEFAULT_MODELS) -> tuple[
     return present, notes
 
 
-def load_val_frames(count: int, dataset: Path | None = None) -> list[np.ndarray]:
-    """The first `count` val images of `dataset` (default: the built-in dataset, generated on
-    first use) as BGR frames, the way a camera gives them."""
+def load_val_frames(count: int, dataset: Path | None = None, split: str = "val") -> list[np.ndarray]:
+    """The first `count` images of a split (val, video) of `dataset` (default: the built-in
+    dataset, generated on first use) as BGR frames, the way a camera gives them."""
     from calibration.coco import CocoDetection  # dataset tools: only when frames come from a dataset
     from calibration.synthetic import ensure_default_dataset, split_files
-    split = CocoDetection(*split_files(dataset or ensure_default_dataset(), "val"))
-    return [cv2.cvtColor(split[i].image, cv2.COLOR_RGB2BGR) for i in range(min(count, len(split)))]
+    images = CocoDetection(*split_files(dataset or ensure_default_dataset(), split))
+    return [cv2.cvtColor(images[i].image, cv2.COLOR_RGB2BGR) for i in range(min(count, len(images)))]
 
 
 # --- timing ---
@@ -427,6 +427,85 @@ def format_table(report: dict) -> str:
               f"{machine['device_name']}, {machine['cores']} cores (load average {_number(machine['load_average'], '.1f')} "
               f"before the run), OpenVINO {machine['openvino']}, Python {machine['python']}"
               + (f", torch {machine['torch']}" if machine["torch"] else "")]
+    return "\n".join(lines)
+
+
+# --- execution modes (runtime.sparse) ---
+
+def cpu_description() -> str:
+    """CPU model and the ISA extensions that decide OpenVINO's kernels (from lscpu)."""
+    import subprocess
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return platform.processor() or "unknown CPU"
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    flags = set(fields.get("Flags", "").split())
+    isa = [flag for flag in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+           if flag in flags]
+    return f"{fields.get('Model name', 'unknown CPU').strip()}, {os.cpu_count()} cores, ISA: {' '.join(isa) or '-'}"
+
+
+def compare_executions(targets: Sequence[Target], scenes: dict[str, Sequence[np.ndarray]], executions: Sequence[str],
+                       device: str, rounds: int, core: ov.Core) -> dict:
+    """Frame latency (Detector call: preprocessing, OMG, detector, post-processing) of every
+    target in every execution mode on every scene. Rounds interleave the detectors (each
+    round: one pass over the scene per detector) so that load from other processes spreads
+    over all rows, after one untimed pass (ROI crop models are compiled on first use). Vanilla IRs run dense only. Rows: median / mean ms per frame and how often
+    each path ran (empty, roi, dense) with the mean crop area."""
+    detectors = []
+    for target in targets:
+        model = read_ir(target.xml, core)
+        babo = "mask_input_height" in read_model_info(model)
+        for execution in executions if babo else ("dense",):
+            detectors.append((target, execution, Detector(model, device, hint="LATENCY", num_requests=1, core=core,
+                                                          execution=execution)))
+    rows = []
+    for scene, frames in scenes.items():
+        times: dict[int, list[float]] = {i: [] for i in range(len(detectors))}
+        paths: dict[int, list[tuple[str, float]]] = {i: [] for i in range(len(detectors))}
+        for _, _, detector in detectors:  # a whole pass: every crop size of the scene is compiled before timing
+            for frame in frames:
+                detector(frame)
+        for _ in range(rounds):
+            for i, (_, _, detector) in enumerate(detectors):
+                for frame in frames:
+                    start = time.perf_counter()
+                    result = detector(frame)
+                    times[i].append(time.perf_counter() - start)
+                    area = 1.0 if result.roi is None else ((result.roi[2] - result.roi[0]) * (result.roi[3] - result.roi[1])
+                                                            / (frame.shape[0] * frame.shape[1]))
+                    paths[i].append((result.execution, 0.0 if result.execution == "empty" else area))
+        for i, (target, execution, detector) in enumerate(detectors):
+            ms = 1000 * np.asarray(times[i])
+            ran = [path for path, _ in paths[i]]
+            rows.append({"scene": scene, "model": target.name, "precision": target.precision or detector.info.precision,
+                         "execution": execution, "median_ms": float(np.median(ms)), "mean_ms": float(ms.mean()),
+                         "frames": len(frames), "runs": len(ms),
+                         "share": {path: ran.count(path) / len(ran) for path in ("empty", "roi", "dense")},
+                         "mean_area": float(np.mean([area for _, area in paths[i]]))})
+    return {"cpu": cpu_description(), "device": device, "rounds": rounds, "load_average": system_load(), "rows": rows}
+
+
+def format_executions(report: dict) -> str:
+    """Rows per scene, each with its ratio to the scene's first dense row of the same precision
+    (the vanilla model when it is listed first)."""
+    width = max(len("model"), *(len(row["model"]) for row in report["rows"]))
+    header = (f"{'scene':<6} {'model':<{width}} {'prec':<5} {'exec':<5} {'median':>7} {'mean':>7} {'x ref':>6} "
+              f"{'empty%':>6} {'roi%':>5} {'dense%':>6} {'area':>5}")
+    lines = [header, "-" * len(header)]
+    references: dict[tuple[str, str], dict] = {}
+    for row in report["rows"]:
+        reference = references.setdefault((row["scene"], row["precision"]), row)
+        share = row["share"]
+        lines.append(f"{row['scene']:<6} {row['model']:<{width}} {row['precision'].upper():<5} {row['execution']:<5} "
+                     f"{row['median_ms']:>7.2f} {row['mean_ms']:>7.2f} {row['median_ms'] / reference['median_ms']:>5.2f}x "
+                     f"{100 * share['empty']:>6.0f} {100 * share['roi']:>5.0f} {100 * share['dense']:>6.0f} "
+                     f"{row['mean_area']:>5.2f}")
+    lines += ["", f"ms per frame (Detector call, LATENCY hint, 1 request), {report['rounds']} interleaved rounds; "
+                  "x ref: median / the scene's first row of that precision; empty/roi/dense: how frames ran; "
+                  "area: mean crop area (fraction of the frame, 1 for dense)",
+              f"{report['cpu']}, device {report['device']}, load average {_number(report['load_average'], '.1f')} after the run"]
     return "\n".join(lines)
 
 

@@ -4,7 +4,7 @@ latency and live GMAC* drawn on them.
     python runtime/run_camera.py [--device CPU|GPU|NPU|AUTO] [--model X.xml]
         [--source 0|video.mp4|image-folder|rtsp://...|demo] [--no-show] [--output out.mp4]
         [--report report.json] [--plot blocks.png] [--max-frames N] [--score-threshold 0.5]
-        [--hint LATENCY] [--requests 2]
+        [--hint LATENCY] [--requests 2] [--execution dense|roi|auto]
 
 Default model: the exported demo model (models/zoo/babo-ssdlite-256_ir/INT8/model.xml); default
 source: camera 0, else the built-in demo video. Without a display (or with --no-show) no window
@@ -12,7 +12,9 @@ opens; the video and report are still written. Stop with Ctrl-C, q or Esc: the f
 are finished, the video and the MAC* report are written, and the per-block table is printed.
 Exit 0 after a run (end of source, lost live source, Ctrl-C), 2 on bad input (device, model,
 source, unwritable output, no frame at all: nothing written), 130 on a second Ctrl-C (abort,
-nothing written).
+nothing written). --execution roi|auto runs the detector OMG-first on the foreground's crop
+(runtime.sparse; same detections): the overlay shows the path and the crop, and there are no
+zero counters, hence no GMAC*, per-block table or --plot.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from models.cli import positive_int, write_json
 from runtime.artifacts import REPO, ZOO, default_export_dir, ir_path
 from runtime.camera import (DISPLAY_THRESHOLD, OutputError, Pipeline, SourceError, check_writable, default_source,
                             display_available, open_source, run)
-from runtime.detector import HINTS, ModelError, read_ir
+from runtime.detector import EXECUTIONS, HINTS, ModelError, read_ir
 from runtime.devices import DeviceError, resolve_device
 from runtime.plots import plot_block_zeros
 
@@ -58,7 +60,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-frames", type=positive_int, help="stop after N frames")
     parser.add_argument("--hint", type=str.upper, choices=HINTS, default="LATENCY", help="OpenVINO performance hint")
     parser.add_argument("--requests", type=positive_int, default=2, help="asynchronous inference requests")
-    return parser.parse_args(argv)
+    parser.add_argument("--execution", choices=EXECUTIONS, default="dense",
+                        help="dense (the IR as it is, with zero counters), roi or auto (runtime.sparse)")
+    args = parser.parse_args(argv)
+    if args.execution != "dense" and (args.plot or args.compare):
+        parser.error(f"--plot and --compare need the zero counters of --execution dense, not {args.execution}")
+    return args
 
 
 def model_path(path: Path | None) -> Path:
@@ -110,17 +117,21 @@ def run_app(args: argparse.Namespace) -> int:
     ir = read_ir(model, core)
     source = default_source() if args.source is None else open_source(args.source)
     pipeline = Pipeline(ir, source, device, hint=args.hint, num_requests=args.requests,
-                        score_threshold=args.score_threshold, max_frames=args.max_frames, core=core)
+                        score_threshold=args.score_threshold, max_frames=args.max_frames, core=core,
+                        execution=args.execution)
     show = not args.no_show and display_available()
     if not args.no_show and not show:
         print("no display: running without a window")
     print(f"{source.name} -> {model} on {device}; Ctrl-C{', q or Esc' if show else ''} to stop")
     session = run(pipeline, output=args.output, show=show,
                   meta={"model": str(model), "precision": pipeline.detector.info.precision, "hint": args.hint,
-                        "score_threshold": args.score_threshold})
+                        "score_threshold": args.score_threshold, "execution": args.execution})
     if session.report is None:
         raise SourceError(f"no frame from {source.name} ({session.ended}): nothing written")
-    print(format_report(session.report, per_layer=False))
+    if pipeline.counter is not None:
+        print(format_report(session.report, per_layer=False))
+    else:
+        print("frames per path: " + ", ".join(f"{path} {n}" for path, n in session.report["meta"]["executions"].items()))
     print(f"{session.frames} frames ({session.ended}, {session.dropped} dropped): {session.fps:.1f} FPS, "
           f"mean latency {session.mean_latency_ms:.1f} ms")
     if session.video:

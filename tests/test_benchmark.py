@@ -226,3 +226,24 @@ def test_torch_free_in_a_fresh_interpreter(export_folder, tiny_dataset):
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "0 []"
+
+
+def test_execution_modes_side_by_side_per_scene(export_folder, tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "executions.json"
+    code = benchmark_main(["--model", str(export_folder), "--precision", "fp32", "--data", str(tiny_dataset),
+                           "--frames", "2", "--execution", "dense,roi,auto", "--scenes", "video,empty",
+                           "--rounds", "2", "--json", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    rows = report["rows"]
+    assert [(row["scene"], row["execution"]) for row in rows] == [
+        (scene, execution) for scene in ("video", "empty") for execution in ("dense", "roi", "auto")]
+    for row in rows:
+        assert row["runs"] == 4 and row["frames"] == 2 and sum(row["share"].values()) == pytest.approx(1)
+        assert 0 <= row["mean_area"] <= 1 and row["median_ms"] > 0
+    assert all(row["share"]["dense"] == 1 for row in rows if row["execution"] == "dense")
+    table = capsys.readouterr().out
+    assert "x ref" in table and "ISA:" in table and table.count("tiny ") == len(rows)
+    with pytest.raises(SystemExit):
+        benchmark_main(["--model", str(export_folder), "--execution", "sparse"])
+    assert "execution modes are a comma list of dense, roi, auto; got 'sparse'" in capsys.readouterr().err

@@ -19,7 +19,7 @@ from export.onnx_export import export_onnx
 from models.accounting import REPORT_SCHEMA, REPORT_VERSION
 from models.builders import build_model
 from runtime import camera, run_camera
-from runtime.detector import Detector, preprocess
+from runtime.detector import Detector, Result, preprocess
 from tests.test_export import CLASS_NAMES, CONFIG, balanced_omg
 
 REPO = Path(__file__).resolve().parents[1]
@@ -151,6 +151,30 @@ def test_plot_draws_a_compared_report_beside_and_refuses_a_bad_one(tmp_path, xml
     assert run_camera.main(base + ["--plot", str(tmp_path / "x.png"), "--compare", str(not_a_report)]) == 2
     assert "not a babo-edge/mac-report report" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_roi_execution_draws_the_path_and_reports_it(tmp_path, xml, video100, capsys):
+    out = tmp_path / "report.json"
+    args = ["--model", str(xml), "--source", str(video100), "--no-show", "--max-frames", "6", "--execution", "roi",
+            "--report", str(out), "--output", str(tmp_path / "roi.mp4")]
+    assert run_camera.main(args) == 0
+    assert "frames per path:" in capsys.readouterr().out
+    meta = json.loads(out.read_text())["meta"]
+    assert meta["execution"] == "roi" and sum(meta["executions"].values()) == meta["frames"] == 6
+    assert set(meta["executions"]) <= {"roi", "dense", "empty"} and len(read_video(tmp_path / "roi.mp4")) == 6
+    with pytest.raises(SystemExit):
+        run_camera.main(args + ["--plot", str(tmp_path / "p.png")])
+    assert "--plot and --compare need the zero counters of --execution dense" in capsys.readouterr().err
+
+
+def test_hud_shows_the_path_without_counters(frames):
+    result = Result(boxes=np.zeros((0, 4), np.float32), labels=np.zeros(0, np.int64), scores=np.zeros(0, np.float32),
+                    classes=("a",), frame_hw=frames[0].shape[:2], execution="roi", roi=(10.0, 20.0, 210.0, 170.0))
+    stats = camera.Stats(mac=0.0)
+    stats.add(camera.Delivered(camera.Submitted(0, frames[0], 0.0), result, 0.01), None)
+    assert stats.hud(None)[1] == "exec roi" and stats.status().endswith("ran roi 1")
+    image = camera.draw(frames[0], result, stats.hud(None))
+    assert (image[169, 100] == 255).all() and (image[100, 209] == 255).all()  # the crop's bottom and right edges
 
 
 def test_max_frames_stops_the_capture(ov_model, video100):
