@@ -53,7 +53,7 @@ def test_full_size_feature_maps_and_anchors_per_location(arch):
     image = torch.empty(1, 3, *size, device="meta")
     features = detector.neck(detector.backbone(image))
     assert [tuple(f.shape[-2:]) for f in features] == feature_hws
-    cls, box, _ = detector(image)
+    cls, box, _, feature_hws = detector(image)
     level_counts = [h * w * a for (h, w), a in zip(feature_hws, per_location)]
     assert cls.shape == (1, sum(level_counts), num_outputs)
     assert box.shape == (1, sum(level_counts), 4)

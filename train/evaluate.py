@@ -27,20 +27,13 @@ from train.evaluation import check_classes, evaluate, format_table, open_dataset
 from train.masks import check_source
 
 
-def mask_sources(text: str) -> list[str]:
-    try:
-        return [check_source(source.strip()) for source in text.split(",")]
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", nargs="+", help="checkpoint files (models/checkpoint.py format)")
     parser.add_argument("--data", help="COCO-format dataset folder with instances_<split>.json and "
                                        "images/<split>/ (default: the built-in synthetic dataset)")
     parser.add_argument("--split", default="val")
-    parser.add_argument("--mask-source", type=mask_sources,
+    parser.add_argument("--mask-source",
                         help="comma list of omg, none, gt-instance, gt-box, sr, random:<fg-ratio> (default: omg, "
                              "or none for a checkpoint without OMG; 'omg' is skipped for those)")
     parser.add_argument("--threads", type=positive_int, help="CPU threads (default: every core)")
@@ -52,10 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     # Everything that can be wrong with the arguments is checked before the first image is run.
     configure_cpu(args.threads)
     try:
+        sources = [None] if args.mask_source is None else [check_source(s.strip()) for s in args.mask_source.split(",")]
         runs = []
         for path in args.checkpoints:
             model, ckpt = load_model(path)
-            sources = args.mask_source or [None]
             for source in sources:
                 if source == "omg" and model.omg is None and len(sources) > 1:
                     continue  # Table 2 layout: the OMG row belongs to the models that have one
