@@ -6,8 +6,9 @@ scores every anchor on a blacked-out cell 0 (`model_info` `blacked_out_anchors =
 head outputs there never matter, so no background constants are needed.
 
 - empty mask: no detection can survive, the detector does not run.
-- ROI: the foreground's bounding box, snapped to the stride-32 grid (the backbone's output
-  stride: `ROI_STRIDE`), runs the fine part (backbone and the heads at strides <= 32) on the
+- ROI: the foreground's bounding box (from the OMG's row and column maxima of the mask: H + W
+  values for the host to scan), snapped to the stride-32 grid (the backbone's output stride:
+  `ROI_STRIDE`), runs the fine part (backbone and the heads at strides <= 32) on the
   crop; its outputs are pasted (ScatterUpdate at the crop's offset, zeros elsewhere) into
   full-size maps, and the coarse part (SSDLite extra layers, heads, decoding, NMS) runs densely
   on them. Outside the crop the dense graph sees exact zeros too at every conv input, and the
@@ -18,8 +19,9 @@ than exported as extra IRs: any IR exported with mask-aware post-processing runs
 or without the exporter's graph rewrites, and each crop size gets its own static model (dynamic
 shapes cost +27-34% on this CPU) built on demand from the one .xml. Cut points are found by
 structure: the `mask` output's value, the spatial level of each op's output and op kinds. One
-fused model per crop size (crop, fine part, paste, coarse part) keeps a frame at two inference
-calls (OMG, detector) and hands every feature over inside the graph, in its own precision.
+fused model per crop size (fine part on the host's crops of image and mask, paste, coarse part)
+keeps a frame at two inference calls (OMG, detector) and hands every feature over inside the
+graph, in its own precision.
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ LOCAL_OPS = (*CONVOLUTIONS, "Add", "Subtract", "Multiply", "Divide", "Maximum", 
              "MaxPool", "AvgPool")
 MASK_INPUT = "mask"
 OFFSET_INPUT = "roi_offset"  # (2,) int64: the crop's origin in stride-32 cells (row, column)
+IMAGE_CROP, MASK_CROP = "image_crop", "mask_crop"  # the ROI model's crops of the image and the mask
 
 
 class SparseError(ValueError):
@@ -173,12 +176,17 @@ class SparsePlan:
         return node.get_type_name() in CONVOLUTIONS
 
     def roi(self, crop_hw: tuple[int, int]) -> ov.Model:
-        """The detector whose fine part runs on a crop of `crop_hw` pixels at the origin given by
-        the `roi_offset` input (stride-32 cells); the crop must fit in the input from there."""
+        """The detector whose fine part runs on `image_crop` and `mask_crop` (crop_hw pixels, cut
+        by the host: cropping in the graph made the plugin convert the whole image to bf16 first)
+        at the origin given by `roi_offset` (stride-32 cells), its coarse part on the full `mask`."""
         crop_h, crop_w = crop_hw
         fine, coarse = self.detector.clone(), self.detector.clone()
         fine_ops, coarse_ops = fine.get_ordered_ops(), coarse.get_ordered_ops()
         image, mask = fine.get_parameters()
+        for parameter, name in ((image, IMAGE_CROP), (mask, MASK_CROP)):
+            parameter.set_partial_shape(ov.PartialShape([1, parameter.get_partial_shape()[1].get_length(), *crop_hw]))
+            parameter.set_friendly_name(name)
+            parameter.output(0).get_tensor().set_names({name})
         offset = ops.parameter([2], ov.Type.i64, name=OFFSET_INPUT)
         offset.output(0).get_tensor().set_names({OFFSET_INPUT})
         row, col = (ops.gather(offset, ops.constant(np.array([i], np.int64)), ops.constant(np.int64(0)))
@@ -188,22 +196,11 @@ class SparsePlan:
             scale = ops.constant(np.array([ROI_STRIDE >> level], np.int64))
             return ops.add(ops.multiply(start_cells, scale), ops.constant(np.arange(length, dtype=np.int64))).output(0)
 
-        def crop(value: ov.Output) -> ov.Output:
-            value = ops.gather(value, indices(row, crop_h, 0), ops.constant(np.int64(2)))
-            return ops.gather(value, indices(col, crop_w, 0), ops.constant(np.int64(3))).output(0)
-
-        for parameter in (image, mask):
-            targets = list(parameter.output(0).get_target_inputs())
-            cropped = crop(parameter.output(0))
-            for target in targets:
-                target.replace_source_output(cropped)
         # Shapes of the fine part on the crop, before pasting it.
         producers = {(cut.producer, cut.port) for cut in self._cuts if cut.level >= 0}
         ov.Model([ops.result(fine_ops[i].output(port)) for i, port in producers], [image, mask, offset]
                  ).validate_nodes_and_infer_types()
         coarse_mask = coarse.get_parameters()[1]
-        for target in list(coarse_mask.output(0).get_target_inputs()):
-            target.replace_source_output(mask.output(0))
         pasted = {}
         for cut in self._cuts:
             if cut.level < 0:
@@ -219,7 +216,7 @@ class SparsePlan:
                 pasted[key] = self._paste(fine_ops[cut.producer].output(cut.port), full, cut.level,
                                           indices, row, col, crop_hw)
             coarse_ops[cut.consumer].input(cut.input).replace_source_output(pasted[key])
-        roi = ov.Model([_result_of(coarse, "detections")], [image, mask, offset], f"babo_roi_{crop_h}x{crop_w}")
+        roi = ov.Model([_result_of(coarse, "detections")], [image, mask, coarse_mask, offset], f"babo_roi_{crop_h}x{crop_w}")
         roi.validate_nodes_and_infer_types()
         return roi
 
@@ -308,10 +305,12 @@ class SparseRunner:
         area = h * w / (self.plan.input_hw[0] * self.plan.input_hw[1])
         if full or (self.cost is not None and not self.cost.prefers_roi(area)):
             request, execution = self._dense, "dense"
+            request.infer({"image": inputs}, share_inputs=True)
         else:
             request, execution = self.roi_request((h, w)), "roi"
             request.get_tensor(OFFSET_INPUT).data[:] = (y0 // ROI_STRIDE, x0 // ROI_STRIDE)
-        request.infer({"image": inputs}, share_inputs=True)
+            request.infer({IMAGE_CROP: inputs[..., y0:y0 + h, x0:x0 + w],
+                           MASK_CROP: outputs["mask"][..., y0:y0 + h, x0:x0 + w]})
         outputs["detections"] = request.get_tensor("detections").data.copy()
         return outputs, execution, crop
 
@@ -320,12 +319,12 @@ class SparseRunner:
         (zero inputs: dense kernels take the same time whatever the values)."""
         inputs = np.zeros((1, 3, *self.plan.input_hw), np.float32)
 
-        def median(request: ov.InferRequest) -> float:
-            request.infer({"image": inputs}, share_inputs=True)  # warm-up
+        def median(request: ov.InferRequest, feed: dict) -> float:
+            request.infer(feed)  # warm-up
             times = []
             for _ in range(repeats):
                 start = time.perf_counter()
-                request.infer({"image": inputs}, share_inputs=True)
+                request.infer(feed)
                 times.append(time.perf_counter() - start)
             return float(np.median(times))
 
@@ -333,10 +332,10 @@ class SparseRunner:
         sizes = sorted({(1, 1), (max(1, rows // 2), max(1, cols // 2)), (max(1, rows // 2), cols)})
         areas, latencies = [], []
         for size_rows, size_cols in sizes:
-            crop_hw = (min(size_rows * ROI_STRIDE, self.plan.input_hw[0]), min(size_cols * ROI_STRIDE, self.plan.input_hw[1]))
-            request = self.roi_request(crop_hw)
+            h, w = min(size_rows * ROI_STRIDE, self.plan.input_hw[0]), min(size_cols * ROI_STRIDE, self.plan.input_hw[1])
+            request = self.roi_request((h, w))
             request.get_tensor(OFFSET_INPUT).data[:] = (0, 0)
-            areas.append(crop_hw[0] * crop_hw[1] / (self.plan.input_hw[0] * self.plan.input_hw[1]))
-            latencies.append(median(request))
+            areas.append(h * w / (self.plan.input_hw[0] * self.plan.input_hw[1]))
+            latencies.append(median(request, {IMAGE_CROP: inputs[..., :h, :w], MASK_CROP: self._mask.data[..., :h, :w]}))
         per_area, fixed = np.polyfit(areas, latencies, 1) if len(set(areas)) > 1 else (0.0, latencies[0])
-        return CostModel(dense=median(self._dense), fixed=float(fixed), per_area=float(per_area))
+        return CostModel(dense=median(self._dense, {"image": inputs}), fixed=float(fixed), per_area=float(per_area))

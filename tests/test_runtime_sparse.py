@@ -13,7 +13,7 @@ from export import openvino_ir, parity, quantize
 from export.onnx_export import export_onnx
 from models.builders import ModelConfig, build_model
 from runtime.detector import Detector, ModelError, preprocess
-from runtime.sparse import OFFSET_INPUT, ROI_STRIDE, CostModel, SparsePlan, crop_of
+from runtime.sparse import IMAGE_CROP, MASK_CROP, OFFSET_INPUT, ROI_STRIDE, CostModel, SparsePlan, crop_of
 from tests.test_export import CLASS_NAMES, CONFIG
 from tests.test_runtime_detector import FP32, export_ir, frames, model, with_info, xml  # noqa: F401 (fixtures)
 
@@ -64,7 +64,8 @@ def run_roi(compiled: dict, plan: SparsePlan, image: np.ndarray, mask: np.ndarra
     if (h, w) not in compiled:
         compiled[h, w] = ov.Core().compile_model(plan.roi((h, w)), "CPU", FP32)
     offset = np.array([y0 // ROI_STRIDE, x0 // ROI_STRIDE], np.int64)
-    return compiled[h, w]({"image": image, "mask": mask, OFFSET_INPUT: offset})["detections"]
+    crops = {IMAGE_CROP: image[..., y0:y0 + h, x0:x0 + w], MASK_CROP: mask[..., y0:y0 + h, x0:x0 + w]}
+    return compiled[h, w]({**crops, "mask": mask, OFFSET_INPUT: offset})["detections"]
 
 
 def check_roi_is_dense(ov_model: ov.Model, input_hw, images, config=FP32, tolerance=parity.FP32_TOLERANCE):
