@@ -74,8 +74,9 @@ class _Cut:
 
 
 class SparsePlan:
-    """The sub-models of one BABO IR: `omg` (image -> mask, its row and column maxima),
-    `detector` (image, mask -> detections: the dense detector after the OMG) and
+    """The sub-models of one BABO IR: `omg` (image -> mask, its row and column maxima), `dense`
+    (the whole IR, plus those maxima), `detector` (image, mask -> detections: the dense detector
+    after the OMG) and
     `roi(h, w)` (image, mask, offset -> detections, the fine part on an h x w crop)."""
 
     def __init__(self, model: ov.Model, input_hw: tuple[int, int]):
@@ -83,7 +84,8 @@ class SparsePlan:
         self.cell_levels = int(math.log2(ROI_STRIDE))
         if min(self.input_hw) <= ROI_STRIDE:
             raise SparseError(f"input {self.input_hw} is too small for ROI execution (needs > {ROI_STRIDE} px)")
-        self.omg = self._omg(model.clone())
+        self.omg = self._projected(model.clone(), ("mask",), "babo_omg")  # the OMG alone
+        self.dense = self._projected(model.clone(), ("detections", "mask"), "babo_dense")
         self.detector = self._detector(model.clone())
         self._ops = self.detector.get_ordered_ops()
         self._cuts = self._find_cuts()
@@ -93,18 +95,19 @@ class SparsePlan:
         return tuple(math.ceil(side / ROI_STRIDE) for side in self.input_hw)
 
     @staticmethod
-    def _omg(model: ov.Model) -> ov.Model:
-        """The OMG alone; row/column maxima of the mask let the host find the box in H + W values."""
+    def _projected(model: ov.Model, keep: tuple[str, ...], name: str) -> ov.Model:
+        """`model`'s `keep` outputs plus the mask's row and column maxima (`mask_rows`,
+        `mask_cols`): the host finds the box in H + W values instead of H x W."""
         mask = _result_of(model, "mask").input_value(0)
-        image = model.get_parameters()[0]
         rows = ops.reduce_max(mask, ops.constant(np.array([0, 1, 3], np.int64)), keep_dims=False)
         cols = ops.reduce_max(mask, ops.constant(np.array([0, 1, 2], np.int64)), keep_dims=False)
-        outputs = [ops.result(mask), ops.result(rows), ops.result(cols)]
-        for result, name in zip(outputs, ("mask", "mask_rows", "mask_cols")):
-            result.output(0).get_tensor().set_names({name})
-        omg = ov.Model(outputs, [image], "babo_omg")
-        omg.validate_nodes_and_infer_types()
-        return omg
+        projections = [ops.result(rows), ops.result(cols)]
+        for result, output in zip(projections, ("mask_rows", "mask_cols")):
+            result.output(0).get_tensor().set_names({output})
+        projected = ov.Model([*(_result_of(model, output) for output in keep), *projections],
+                             model.get_parameters(), name)
+        projected.validate_nodes_and_infer_types()
+        return projected
 
     @staticmethod
     def _detector(model: ov.Model) -> ov.Model:
@@ -252,24 +255,38 @@ def crop_of(rows: np.ndarray, cols: np.ndarray, input_hw: tuple[int, int]) -> tu
 
 @dataclass(frozen=True)
 class CostModel:
-    """Detector latency (s) after the OMG: dense, and ROI as `fixed + per_area * crop area`
-    (area as a fraction of the input), fitted to crops timed when the models are compiled."""
+    """Latencies (s) measured when the models are compiled: the OMG, the detector after it, the
+    whole dense graph (one call), and ROI crops as `fixed + per_area * area` (area: fraction of
+    the input), fitted to three crop sizes."""
 
+    omg: float
+    detector: float
     dense: float
     fixed: float
     per_area: float
 
+    def roi(self, area: float) -> float:
+        return self.fixed + self.per_area * area
+
     def prefers_roi(self, area: float) -> bool:
-        return self.fixed + self.per_area * area < self.dense
+        """Once the OMG has run: the crop rather than the dense detector."""
+        return self.roi(area) < self.detector
+
+    def omg_first(self, area: float | None) -> bool:
+        """For a crop of `area` (None: empty mask): the OMG, then the cheaper path, rather than the
+        one dense graph."""
+        return self.omg + (0.0 if area is None else min(self.roi(area), self.detector)) < self.dense
 
 
 class SparseRunner:
-    """Runs one frame OMG-first: `run(inputs) -> (outputs, execution, crop)`, with execution
-    "empty" (no detector), "roi" or "dense" and crop (y0, x0, h, w) in input pixels.
+    """Runs one frame: `run(inputs) -> (outputs, execution, crop)`, with execution "empty" (no
+    detector), "roi" or "dense" and crop (y0, x0, h, w) in input pixels (None: empty).
 
-    `execution`: "roi" uses a crop whenever it is smaller than the input; "auto" asks the cost
-    model, measured here on `timing_crops` crop sizes (with `repeats` runs each). Crop models
-    are compiled on first use of their size (a CACHE_DIR in `config` keeps them across runs)."""
+    `execution`: "roi" runs the OMG first and a crop whenever it is smaller than the input;
+    "auto" asks the cost model (measured here, `repeats` runs per model) with the previous
+    frame's crop whether to run the OMG first at all (else the one dense graph: a camera's
+    frames change little, and any choice gives the same detections), then which path. Crop
+    models are compiled on first use of their size (a CACHE_DIR in `config` keeps them)."""
 
     def __init__(self, model: ov.Model, input_hw: tuple[int, int], core: ov.Core, device: str, config: dict,
                  execution: str, repeats: int = 20):
@@ -278,9 +295,12 @@ class SparseRunner:
         self.execution = execution
         self._omg = core.compile_model(self.plan.omg, device, config).create_infer_request()
         self._mask = self._omg.get_tensor("mask")
-        self._dense = self._with_mask(core.compile_model(self.plan.detector, device, config).create_infer_request())
+        self._detector = self._with_mask(core.compile_model(self.plan.detector, device, config).create_infer_request())
         self._rois: dict[tuple[int, int], ov.InferRequest] = {}
+        self._full = core.compile_model(self.plan.dense, device, config).create_infer_request() \
+            if execution == "auto" else None
         self.cost = self._measure(repeats) if execution == "auto" else None
+        self._previous_area: float | None = None  # crop area of the last frame (None: empty)
 
     def _with_mask(self, request: ov.InferRequest) -> ov.InferRequest:
         request.set_tensor(MASK_INPUT, self._mask)  # the OMG's output buffer: no copy per frame
@@ -293,18 +313,22 @@ class SparseRunner:
         return self._rois[crop_hw]
 
     def run(self, inputs: np.ndarray) -> tuple[dict[str, np.ndarray], str, tuple[int, int, int, int] | None]:
-        self._omg.infer({0: inputs}, share_inputs=True)
-        outputs = {"mask": self._mask.data.copy()}
-        crop = crop_of(self._omg.get_tensor("mask_rows").data, self._omg.get_tensor("mask_cols").data,
-                       self.plan.input_hw)
+        first = self.cost is None or self.cost.omg_first(self._previous_area)
+        request = self._omg if first else self._full
+        request.infer({0: inputs}, share_inputs=True)
+        crop = crop_of(request.get_tensor("mask_rows").data, request.get_tensor("mask_cols").data, self.plan.input_hw)
+        area = None if crop is None else crop[2] * crop[3] / (self.plan.input_hw[0] * self.plan.input_hw[1])
+        self._previous_area = area
+        outputs = {"mask": request.get_tensor("mask").data.copy()}
+        if not first:
+            outputs["detections"] = request.get_tensor("detections").data.copy()
+            return outputs, "dense", crop
         if crop is None:
             outputs["detections"] = np.zeros((0, 7), np.float32)
             return outputs, "empty", None
         y0, x0, h, w = crop
-        full = (h, w) == self.plan.input_hw
-        area = h * w / (self.plan.input_hw[0] * self.plan.input_hw[1])
-        if full or (self.cost is not None and not self.cost.prefers_roi(area)):
-            request, execution = self._dense, "dense"
+        if (h, w) == self.plan.input_hw or (self.cost is not None and not self.cost.prefers_roi(area)):
+            request, execution = self._detector, "dense"
             request.infer({"image": inputs}, share_inputs=True)
         else:
             request, execution = self.roi_request((h, w)), "roi"
@@ -338,4 +362,5 @@ class SparseRunner:
             areas.append(h * w / (self.plan.input_hw[0] * self.plan.input_hw[1]))
             latencies.append(median(request, {IMAGE_CROP: inputs[..., :h, :w], MASK_CROP: self._mask.data[..., :h, :w]}))
         per_area, fixed = np.polyfit(areas, latencies, 1) if len(set(areas)) > 1 else (0.0, latencies[0])
-        return CostModel(dense=median(self._dense, {"image": inputs}), fixed=float(fixed), per_area=float(per_area))
+        return CostModel(omg=median(self._omg, {0: inputs}), detector=median(self._detector, {"image": inputs}),
+                         dense=median(self._full, {0: inputs}), fixed=float(fixed), per_area=float(per_area))

@@ -178,8 +178,23 @@ def test_roi_is_reported_in_frame_pixels(xml, frames):
 
 
 def test_cost_model_picks_the_cheaper_path():
-    cost = CostModel(dense=1.0, fixed=0.1, per_area=1.1)
+    cost = CostModel(omg=0.3, detector=1.0, dense=1.1, fixed=0.1, per_area=1.1)
     assert cost.prefers_roi(0.5) and not cost.prefers_roi(0.9)
+    assert cost.omg_first(None) and cost.omg_first(0.3) and not cost.omg_first(0.8)
+
+
+def test_auto_runs_the_dense_graph_after_a_large_crop_and_stays_exact(xml, frames):
+    dense, auto = Detector(xml, config=FP32), Detector(xml, config=FP32, execution="auto")
+    auto._sparse.cost = CostModel(omg=0.3, detector=1.0, dense=1.1, fixed=0.1, per_area=1.1)
+    auto._sparse._previous_area = 1.0  # as after a full-frame crop: one call of the dense graph
+    sequence = [frames[0], np.zeros_like(frames[1]), frames[1], frames[2]]
+    ran = []
+    for frame in sequence:
+        expected, result = dense(frame), auto(frame)
+        ran.append((result.execution, auto._sparse._previous_area))
+        assert result.labels.tolist() == expected.labels.tolist() and np.array_equal(result.mask, expected.mask)
+        np.testing.assert_allclose(result.boxes, expected.boxes, atol=0.01)
+    assert ran[0][0] == "dense"  # predicted from the previous frame's crop, whatever this one's
 
 
 def test_sparse_execution_needs_a_mask_aware_babo_ir(xml, tmp_path):
