@@ -23,9 +23,13 @@ def block_zero_percent(report: dict, network: str = DETECTOR) -> dict[str, float
 
 def plot_block_zeros(report: dict, path: str | os.PathLike, other: dict | None = None,
                      labels: tuple[str, str] = ("BABO", "vanilla")) -> Path:
-    """PNG bar chart of the detector's zeros% per block (the paper's Fig. 5), with `other`'s bars
-    beside them when given (a block only one report has gets one bar); written atomically so a
-    reader never sees half a file."""
+    """PNG of `block_zeros_figure`, written atomically so a reader never sees half a file."""
+    return _save_atomically(block_zeros_figure(report, other, labels), Path(path))
+
+
+def block_zeros_figure(report: dict, other: dict | None = None, labels: tuple[str, str] = ("BABO", "vanilla")):
+    """Bar chart of the detector's zeros% per block (the paper's Fig. 5), with `other`'s bars
+    beside them when given (a block only one report has gets one bar): a matplotlib Figure."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -43,7 +47,7 @@ def plot_block_zeros(report: dict, path: str | os.PathLike, other: dict | None =
     axes.set_ylim(0, 100)
     axes.set_title(f"Detector activation sparsity per block ({report['images']} images)")
     axes.legend()
-    return _save_atomically(figure, Path(path))
+    return figure
 
 
 def _short(block: str) -> str:

@@ -45,8 +45,14 @@ def test_full_pipeline_output_size_and_consistency():
     for seed in range(20):
         out = ssd_augment(example(), np.random.default_rng(seed), (64, 96), mean=(123, 117, 104))
         assert out.image.shape == (64, 96, 3) and out.mask.shape == (64, 96)
-        assert out.boxes.shape[1] == 4 and len(out.boxes) == len(out.labels)
-        assert np.all(out.boxes[:, 2] > out.boxes[:, 0])
+        assert out.boxes.shape[1] == 4 and len(out.boxes) == len(out.labels) >= 1
+        assert np.all(out.boxes[:, 2] > out.boxes[:, 0]) and np.all(out.boxes[:, 3] > out.boxes[:, 1])
+        assert np.all(out.boxes >= -1e-3) and np.all(out.boxes[:, 2:] <= np.array([96, 64]) + 1e-3)
+        # every kept box sits on its object's mask (a dropped object's visible part keeps its
+        # mask: it is still foreground, only its box is gone, as SSD's crop does)
+        for x1, y1, x2, y2 in np.round(out.boxes).astype(int):
+            assert out.mask[y1:y2, x1:x2].mean() > 0.75, seed  # a rounded row of a ~10 px box is 10%
+        assert out.mask.sum() >= sum((x2 - x1) * (y2 - y1) for x1, y1, x2, y2 in np.round(out.boxes)) * 0.75
 
 
 def test_resize_scales_boxes():

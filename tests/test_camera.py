@@ -18,7 +18,7 @@ from export import openvino_ir
 from export.onnx_export import export_onnx
 from models.accounting import REPORT_SCHEMA, REPORT_VERSION
 from models.builders import build_model
-from runtime import camera, run_camera
+from runtime import camera, plots, run_camera
 from runtime.detector import Detector, Result, preprocess
 from tests.test_export import CLASS_NAMES, CONFIG, balanced_omg
 
@@ -138,13 +138,18 @@ def test_headless_run_over_a_video_writes_video_report_and_plot(tmp_path, xml, v
     assert leftovers(out) == []
 
 
-def test_plot_draws_a_compared_report_beside_and_refuses_a_bad_one(tmp_path, xml, video100, capsys):
+def test_plot_draws_a_compared_report_beside_and_refuses_a_bad_one(tmp_path, xml, video100, capsys, monkeypatch):
     first, second = tmp_path / "first.json", tmp_path / "second.png"
     base = ["--model", str(xml), "--source", str(video100), "--no-show", "--max-frames", "5"]
     assert run_camera.main(base + ["--report", str(first), "--plot", str(tmp_path / "alone.png")]) == 0
+    drawn = []
+    real_figure = plots.block_zeros_figure
+    monkeypatch.setattr(plots, "block_zeros_figure",
+                        lambda *args, **kwargs: drawn.append(args) or real_figure(*args, **kwargs))
     assert run_camera.main(base + ["--plot", str(second), "--compare", str(first)]) == 0
-    # Two bar series are wider to encode than one: the compared report is drawn.
-    assert second.stat().st_size > (tmp_path / "alone.png").stat().st_size
+    report, other, labels = drawn[0]
+    assert other == json.loads(first.read_text()) and labels[0] and labels[1]  # the compared report is drawn beside
+    assert report["networks"]["od"]["blocks"] and second.read_bytes()[:4] == b"\x89PNG"
     not_a_report = tmp_path / "not.json"
     not_a_report.write_text('{"schema": "something else"}')
     capsys.readouterr()
@@ -249,6 +254,15 @@ def test_a_live_source_that_never_delivers_gives_no_report(ov_model, capsys):
 
 
 def test_ctrl_c_mid_stream_finishes_the_frames_in_flight(ov_model, video100, tmp_path, capsys):
+    before = signal.getsignal(signal.SIGINT)  # SIG_IGN when pytest runs as a background job
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # the run must see Ctrl-C either way
+    try:
+        _ctrl_c_mid_stream(ov_model, video100, tmp_path, capsys)
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def _ctrl_c_mid_stream(ov_model, video100, tmp_path, capsys):
     source = camera.CaptureSource("clip", lambda: InterruptingCapture(video100, at=30), live=False)
     session = camera.run(camera.Pipeline(ov_model, source), output=tmp_path / "out.mp4")
     # The signal arrives while frame 30 is read: whether that frame is submitted before the stop
@@ -256,7 +270,7 @@ def test_ctrl_c_mid_stream_finishes_the_frames_in_flight(ov_model, video100, tmp
     assert session.ended == "stopped" and 29 <= session.frames < 100
     assert len(read_video(tmp_path / "out.mp4")) == session.frames == session.report["images"]
     assert leftovers(tmp_path) == [] and "stopping" in capsys.readouterr().err
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler before the run, restored
 
 
 def test_a_failing_source_leaves_no_video(ov_model, frames, tmp_path):

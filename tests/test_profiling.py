@@ -58,11 +58,27 @@ def test_zero_counts_are_per_image_and_match_direct_count():
 def test_mac_star_of_masked_image_matches_eq4_per_layer():
     torch.manual_seed(0)
     model = build_model(ModelConfig(num_classes=3, input_size=(96, 96), omg=False)).eval()
-    counts = profile(model, torch.rand(1, 3, 96, 96) * 255).counts[0]
-    row = mac_report(model, torch.rand(1, 3, 96, 96) * 255)["networks"]["od"]["layers"]
-    assert len(row) == len(counts)
-    for c in counts:
-        assert conv_macs(c.layer, c.zeros) <= conv_macs(c.layer)
+    images = torch.rand(1, 3, 96, 96) * 255
+    mask = torch.zeros(1, 1, 96, 96)
+    mask[..., 10:50, 30:90] = 1
+    # Independent count: exact zeros at every conv input, seen after the black-out hooks.
+    zeros = {}
+    handles = [m.register_forward_pre_hook(lambda mod, args, n=n: zeros.__setitem__(n, int((args[0] == 0).sum())))
+               for n, m in model.detector.named_modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        model(images, mask)
+    for h in handles:
+        h.remove()
+    rows = mac_report(model, images, mask)["networks"]["od"]["layers"]
+    assert [row["name"] for row in rows] == list(zeros)
+    for row in rows:
+        c_in, h, w = row["input_shape"]
+        kh, kw = row["kernel"]
+        sh, sw = row["stride"]
+        eq4 = (c_in * h * w - zeros[row["name"]]) * row["out_channels"] / row["groups"] * kh * kw / (sh * sw)
+        assert row["zeros"] == zeros[row["name"]]
+        assert row["mac_star"] == pytest.approx(eq4, rel=1e-12), row["name"]
+    assert sum(row["mac_star"] for row in rows) < 0.7 * sum(row["mac"] for row in rows)
 
 
 def test_block_names():
