@@ -246,7 +246,8 @@ class Detector:
         every output of their request (`Result.outputs`), e.g. for runtime.sparsity counters.
         `execution`: "dense" runs the IR as it is; "roi" runs the OMG first, then nothing on an
         empty mask, else the detector on the foreground's crop (runtime.sparse: same detections);
-        "auto" picks dense or ROI per frame from latencies measured here ("dense" on a vanilla
+        "auto" picks per frame, from latencies measured here and the previous frame's crop,
+        the one dense graph or OMG first, then ROI or the dense detector ("dense" on a vanilla
         IR). OMG-first frames run in the caller's thread, asynchronous ones too (the crop
         depends on the mask), and keep only the `detections` and `mask` outputs."""
         core = core or ov.Core()
