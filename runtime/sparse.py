@@ -20,8 +20,8 @@ or without the exporter's graph rewrites, and each crop size gets its own static
 shapes cost +27-34% on this CPU) built on demand from the one .xml. Cut points are found by
 structure: the `mask` output's value, the spatial level of each op's output and op kinds. One
 fused model per crop size (fine part on the host's crops of image and mask, paste, coarse part)
-keeps a frame at two inference calls (OMG, detector) and hands every feature over inside the
-graph, in its own precision.
+keeps a frame at two inference calls (OMG, detector; one when "auto" runs the dense graph) and
+hands every feature over inside the graph, in its own precision.
 """
 from __future__ import annotations
 
@@ -50,6 +50,7 @@ class SparseError(ValueError):
 
 
 def _result_of(model: ov.Model, name: str) -> ov.Node:
+    """The Result node of output `name` (as export.mask_graph.output_node: runtime/ does not import export/)."""
     for result in model.get_results():
         if name in result.input_value(0).get_names() or name in result.output(0).get_names():
             return result
@@ -76,8 +77,8 @@ class _Cut:
 class SparsePlan:
     """The sub-models of one BABO IR: `omg` (image -> mask, its row and column maxima), `dense`
     (the whole IR, plus those maxima), `detector` (image, mask -> detections: the dense detector
-    after the OMG) and
-    `roi(h, w)` (image, mask, offset -> detections, the fine part on an h x w crop)."""
+    after the OMG) and `roi(h, w)` (image_crop, mask_crop, mask, roi_offset -> detections: the
+    fine part on an h x w crop)."""
 
     def __init__(self, model: ov.Model, input_hw: tuple[int, int]):
         self.input_hw = tuple(input_hw)
