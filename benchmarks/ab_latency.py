@@ -22,14 +22,12 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import openvino as ov
 
-from runtime.detector import preprocess
-from runtime.latency import load_val_frames
+from babo_edge.runtime.detector import preprocess
+from babo_edge.runtime.latency import load_val_frames
 
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16", "amx_int8", "amx_tile")
 

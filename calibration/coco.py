@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from calibration.errors import DatasetError
-from calibration.images import read_image
+from babo_edge.calibration.errors import DatasetError
+from babo_edge.calibration.images import read_image
 
 SIZE_BUCKETS = {"small": 32**2, "medium": 96**2, "large": math.inf}  # COCO's object-area upper bounds
 

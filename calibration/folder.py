@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration.errors import DatasetError, ImageReadError
-from calibration.images import check_image, read_image
+from babo_edge.calibration.errors import DatasetError, ImageReadError
+from babo_edge.calibration.images import check_image, read_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from calibration.errors import ImageReadError
+from babo_edge.calibration.errors import ImageReadError
 
 BACKENDS = ("pillow", "opencv")
 

@@ -1,13 +1,9 @@
 """Generate the built-in synthetic dataset: python calibration/make_dataset.py [--out DIR] [--seed 0] ..."""
-import sys
+import argparse
+import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root; the package is not installed
-
-import argparse  # noqa: E402
-import time  # noqa: E402
-
-from calibration import synthetic  # noqa: E402
+from babo_edge.calibration import synthetic
 
 
 def main(argv: list[str] | None = None) -> None:

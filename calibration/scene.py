@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from calibration.coco import segmentation_to_mask
+from babo_edge.calibration.coco import segmentation_to_mask
 
 CLASS_NAMES = ("disc", "square", "triangle", "star", "ring", "cross")
 
@@ -69,7 +69,8 @@ class Thing:
         return self.parts[0].class_index
 
 
-def render_image(rng: np.random.Generator, photos: Sequence[np.ndarray], allow_crowd: bool) -> tuple[np.ndarray, list[dict], float]:
+def render_image(rng: np.random.Generator, photos: Sequence[np.ndarray],
+                 allow_crowd: bool) -> tuple[np.ndarray, list[dict], float]:
     """Random scene -> (RGB image, COCO annotations without ids, fraction of annotated pixels)."""
     height, width = (int(side) for side in rng.integers(IMAGE_SIDE_RANGE[0], IMAGE_SIDE_RANGE[1] + 1, size=2))
     background = random_background(rng, photos, height, width)

@@ -27,8 +27,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from calibration import scene
-from calibration.coco import SIZE_BUCKETS
+from babo_edge.calibration import scene
+from babo_edge.calibration.coco import SIZE_BUCKETS
 
 GENERATOR_VERSION = 1
 DEFAULT_SEED = 0

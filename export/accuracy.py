@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from calibration.coco import CocoDetection
-from export.parity import Outputs, Parity, Runner, compare_masks
-from models.accounting import LayerCount, ReportAccumulator, figures
-from models.preprocess import to_model_input
-from train.evaluation import coco_detections, coco_metrics, instance_recall, recall_summary
+from babo_edge.calibration.coco import CocoDetection
+from babo_edge.export.parity import Outputs, Parity, Runner, compare_masks
+from babo_edge.models.accounting import LayerCount, ReportAccumulator, figures
+from babo_edge.models.preprocess import to_model_input
+from babo_edge.train.evaluation import coco_detections, coco_metrics, instance_recall, recall_summary
 
 ZeroCounter = Callable[[Outputs], list[LayerCount]]  # per-conv zeros of one image's outputs
 

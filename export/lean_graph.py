@@ -24,7 +24,7 @@ import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
 
-from export.mask_graph import find_mask_path
+from babo_edge.export.mask_graph import find_mask_path
 
 
 class RewriteError(ValueError):

@@ -18,7 +18,7 @@ import onnx
 import torch
 from torch import nn
 
-from models.detector import BABODetector
+from babo_edge.models.detector import BABODetector
 
 OPSET = 17
 INPUT_NAME = "image"

@@ -16,12 +16,12 @@ from pathlib import Path
 import openvino as ov
 import torch
 
-from export.lean_graph import lean_graph
-from models.builders import ModelConfig
-from models.detector import BABODetector
-from models.profiling import profile
-from runtime.artifacts import PRECISIONS
-from runtime.detector import IR_FORMAT, MODEL_INFO, SUPPORTED_FORMAT_VERSIONS
+from babo_edge.export.lean_graph import lean_graph
+from babo_edge.models.builders import ModelConfig
+from babo_edge.models.detector import BABODetector
+from babo_edge.models.profiling import profile
+from babo_edge.runtime.artifacts import PRECISIONS
+from babo_edge.runtime.detector import IR_FORMAT, MODEL_INFO, SUPPORTED_FORMAT_VERSIONS
 
 MODEL_TYPE = "babo_ssd"
 IR_FORMAT_VERSION = SUPPORTED_FORMAT_VERSIONS[-1]  # the newest the runtime reads

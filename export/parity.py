@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from export.onnx_export import INPUT_NAME, ExportGraph
-from models.blackout import MaskPyramid
-from models.detector import BABODetector, BABOOutput
+from babo_edge.export.onnx_export import INPUT_NAME, ExportGraph
+from babo_edge.models.blackout import MaskPyramid
+from babo_edge.models.detector import BABODetector, BABOOutput
 
 Outputs = dict[str, np.ndarray]
 BOX_MATCH_PX = 0.5

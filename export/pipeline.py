@@ -21,66 +21,32 @@ import tempfile
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import openvino as ov
 
-from calibration.coco import CocoDetection
-from export.accuracy import SplitAccuracy, ap_of, evaluate_runners
-from export.onnx_export import export_onnx
-from export.openvino_ir import (MODEL_INFO, compile_fp32, convert, model_info, save_ir,
+from babo_edge.calibration.coco import CocoDetection
+from babo_edge.export.options import ExportError, ExportOptions, export_config  # noqa: F401 (re-exported)
+from babo_edge.export.accuracy import SplitAccuracy, ap_of, evaluate_runners
+from babo_edge.export.onnx_export import export_onnx
+from babo_edge.export.openvino_ir import (MODEL_INFO, compile_fp32, convert, model_info, save_ir,
                                 set_model_info, tool_versions)
-from export.parity import (BINARY_MASK_ONLY, FP32_TOLERANCE, Runner, compare, decoding_runner,
+from babo_edge.export.parity import (BINARY_MASK_ONLY, FP32_TOLERANCE, Runner, compare, decoding_runner,
                            onnxruntime_runner, openvino_runner, torch_runner)
-from export.quantize import quantize_int8, quantize_int8_with_accuracy_control
-from models.builders import ModelConfig
-from models.checkpoint import Checkpoint
-from models.detector import BABODetector
-from runtime.artifacts import PRECISIONS, ir_path
-from runtime.sparsity import conv_layers, instrument, layer_counts
+from babo_edge.export.quantize import quantize_int8, quantize_int8_with_accuracy_control
+from babo_edge.models.builders import ModelConfig
+from babo_edge.models.checkpoint import Checkpoint
+from babo_edge.models.detector import BABODetector
+from babo_edge.runtime.artifacts import ir_path
+from babo_edge.runtime.sparsity import conv_layers, instrument, layer_counts
 
 REPORT_FILE = "export_report.json"
 REPORT_SCHEMA = "babo-edge/export-report"
 REPORT_VERSION = 1
 TOLERANCES = {"onnx": FP32_TOLERANCE, "fp32": FP32_TOLERANCE, "fp16": BINARY_MASK_ONLY, "int8": BINARY_MASK_ONLY}
-SIZE_STEP = 32  # the detector's output stride: sizes that are not multiples get misaligned maps
-SIZE_RANGE = (64, 2048)
-
-
-class ExportError(RuntimeError):
-    """A one-line reason the export cannot start or finish."""
-
-
-@dataclass
-class ExportOptions:
-    precisions: tuple[str, ...] = PRECISIONS
-    dynamic_batch: bool = False
-    raw_outputs: bool = False  # head outputs + anchors instead of in-graph decoding and NMS
-    preset: str = "performance"
-    subset_size: int = 300
-    max_ap_drop: float | None = None  # AP points; set: nncf.quantize_with_accuracy_control
-    parity_images: int = 8
-    val_images: int | None = None  # None: the whole split
-
-
-def export_config(config: ModelConfig, input_size: int | None) -> ModelConfig:
-    """The checkpoint's config, at a square `input_size` if given, the OMG scaled alike."""
-    if input_size is None:
-        return config
-    low, high = SIZE_RANGE
-    if input_size % SIZE_STEP or not low <= input_size <= high:
-        raise ExportError(f"unsupported input size {input_size}: use a multiple of {SIZE_STEP} "
-                          f"from {low} to {high}")
-    omg_size = None
-    if config.omg_size is not None:
-        scale = input_size / config.input_size[0]
-        omg_size = tuple(max(SIZE_STEP, round(side * scale / SIZE_STEP) * SIZE_STEP) for side in config.omg_size)
-    return replace(config, input_size=(input_size, input_size), omg_size=omg_size)
-
-
 def ovms_name(checkpoint_path: str | os.PathLike) -> str:
     """Model name for OVMS (its REST/gRPC URLs): the checkpoint stem, URL-safe."""
     name = "".join(c if c.isalnum() or c in "-_" else "-" for c in Path(checkpoint_path).stem)

@@ -23,15 +23,14 @@ import nncf
 import numpy as np
 import openvino as ov
 
-from calibration.coco import CocoDetection
-from calibration.folder import ImageFolder
-from calibration.synthetic import ensure_default_dataset, split_files
-from export.lean_graph import integer_mask_multiplies
-from export.mask_graph import (fake_quantizes_on_mask, find_mask_path, output_node,
+from babo_edge.calibration.coco import CocoDetection
+from babo_edge.calibration.folder import ImageFolder
+from babo_edge.calibration.synthetic import ensure_default_dataset, split_files
+from babo_edge.export.lean_graph import integer_mask_multiplies
+from babo_edge.export.mask_graph import (fake_quantizes_on_mask, find_mask_path, output_node,
                                postprocessing_nodes, quantizers_not_keeping_zero)
-from models.preprocess import to_model_input
+from babo_edge.models.preprocess import to_model_input
 
-PRESETS = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}
 
 
 class MaskQuantizedError(RuntimeError):
@@ -93,7 +92,7 @@ def quantize_int8(model: ov.Model, images: Sequence[np.ndarray], preset: str = "
     `ignored_scope(model)`; another scope is for experiments and is not checked."""
     protect = scope is None
     scope = ignored_scope(model) if protect else scope
-    quantized = nncf.quantize(model, nncf.Dataset(images), preset=PRESETS[preset],
+    quantized = nncf.quantize(model, nncf.Dataset(images), preset=nncf.QuantizationPreset(preset),
                               subset_size=min(subset_size, len(images)), ignored_scope=scope)
     if protect:
         lean_int8(quantized)
@@ -111,7 +110,7 @@ def quantize_int8_with_accuracy_control(model: ov.Model, images: Sequence[np.nda
     scope = ignored_scope(model)
     quantized = nncf.quantize_with_accuracy_control(
         model, nncf.Dataset(images), nncf.Dataset(list(validation_items)), validation_fn,
-        max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE, preset=PRESETS[preset],
+        max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE, preset=nncf.QuantizationPreset(preset),
         subset_size=min(subset_size, len(images)), ignored_scope=scope)
     lean_int8(quantized)
     return Int8Model(quantized, scope)

@@ -16,21 +16,9 @@ import sys
 import warnings
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import nncf
-
-from calibration.coco import CocoDetection
-from calibration.errors import DatasetError
-from calibration.synthetic import ensure_default_dataset, split_files
-from export.pipeline import (REPORT_FILE, ExportError, ExportOptions, export_all, export_config,
-                             format_summary, prepare_output)
-from export.quantize import PRESETS, CalibrationImages, MaskQuantizedError
-from models.checkpoint import CheckpointError, load_model
-from models.cli import choice_list, positive_int
-from runtime.artifacts import PRECISIONS, default_export_dir
-from train.evaluation import check_classes
+from babo_edge.export.options import PRESETS, ExportError, ExportOptions
+from babo_edge.models.cli import choice_list, positive_int
+from babo_edge.runtime.artifacts import PRECISIONS, default_export_dir
 
 
 def non_negative_float(text: str) -> float:
@@ -69,9 +57,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def open_validation(args: argparse.Namespace, class_names: list[str], model) -> CocoDetection | None:
-    """The val split to measure AP on, or None (with a warning) when the default one does not
-    fit the model; an explicit --val that does not fit is an error."""
+def open_validation(args: argparse.Namespace, class_names: list[str], model):
+    """The val split to measure AP on (a CocoDetection), or None (with a warning) when the
+    default one does not fit the model; an explicit --val that does not fit is an error."""
+    from babo_edge.calibration.coco import CocoDetection
+    from babo_edge.calibration.synthetic import ensure_default_dataset, split_files
+    from babo_edge.train.evaluation import check_classes
+
     if args.no_val:
         if args.max_ap_drop is not None:
             raise ExportError("--max-ap-drop needs a validation split; drop --no-val")
@@ -89,6 +81,14 @@ def open_validation(args: argparse.Namespace, class_names: list[str], model) -> 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # The stages' heavy imports (torch, openvino, nncf) only now: --help and argument errors stay fast.
+    import nncf
+
+    from babo_edge.calibration.errors import DatasetError
+    from babo_edge.export.pipeline import REPORT_FILE, export_all, export_config, format_summary, prepare_output
+    from babo_edge.export.quantize import CalibrationImages, MaskQuantizedError
+    from babo_edge.models.checkpoint import CheckpointError, load_model
+
     nncf.set_log_level(logging.WARNING)
     try:
         model, checkpoint = load_model(args.checkpoint)

@@ -11,16 +11,18 @@ from typing import Callable
 
 from torch import nn
 
-from models.anchors import BoxCoder, retinanet_anchors, ssd512_priors, ssd_priors, ssdlite_priors
-from models.detector import BABODetector, SingleShotDetector
-from models.fast_scnn import FastSCNN
-from models.mobilenetv2 import MobileNetV2
-from models.postprocess import PostprocessConfig
-from models.retinanet import FPN, ResNet, RetinaHead
-from models.ssd import SSDHead, SSDLiteExtras
-from models.vgg_ssd import SSD512_EXTRA_LEVELS, SSDNeck, SSDVGG16
+from babo_edge.models.anchors import BoxCoder, retinanet_anchors, ssd512_priors, ssd_priors, ssdlite_priors
+from babo_edge.models.detector import BABODetector, SingleShotDetector
+from babo_edge.models.fast_scnn import FastSCNN
+from babo_edge.models.mobilenetv2 import MobileNetV2
+from babo_edge.models.postprocess import PostprocessConfig
+from babo_edge.models.retinanet import FPN, ResNet, RetinaHead
+from babo_edge.models.ssd import SSDHead, SSDLiteExtras
+from babo_edge.models.vgg_ssd import SSD512_EXTRA_LEVELS, SSDNeck, SSDVGG16
 
 SSDLITE_EXTRA_DEPTHS = (512, 256, 256, 128)
+IMAGENET_MEAN = (123.675, 116.28, 103.53)  # RGB, 0..255: the normalisation of every backbone here
+IMAGENET_STD = (58.395, 57.12, 57.375)
 OMG_FOREGROUND_BIAS = 3.0  # an untrained OMG keeps nearly every pixel (see FastSCNN)
 
 
@@ -36,8 +38,8 @@ class ModelConfig:
     omg_size: tuple[int, int] | None = (256, 256)
     argmax: str = "sg"
     beta: float = 5.0
-    mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
-    std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     # SSDLite: the smallest prior (first level) as a fraction of the input side; None keeps
     # MMDetection's 48/320. A configuration, not the architecture: small objects need it.

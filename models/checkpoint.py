@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from models.builders import ModelConfig, build_model
-from models.cli import make_readable
-from models.detector import BABODetector
+from babo_edge.models.builders import ModelConfig, build_model
+from babo_edge.files import atomic_write
+from babo_edge.models.detector import BABODetector
 
 FORMAT = "babo-edge-checkpoint"
 FORMAT_VERSION = 1
@@ -67,18 +66,8 @@ def release_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, note: dic
 
 
 def _write(path: Path, payload: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        make_readable(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb", fsync=True) as file:
+        torch.save(payload, file)
     return path
 
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
+
+from babo_edge.files import atomic_write
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -39,22 +39,6 @@ def positive_int(text: str) -> int:
 
 
 def write_json(path: Path, data) -> None:
-    """Atomic JSON write: temporary file in the target folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        make_readable(tmp)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def make_readable(path: str | os.PathLike) -> None:
-    """The permissions of a file made with open() (0666 less the umask): mkstemp's 0600 would
-    hide a report or figure written atomically from everyone else."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
+    """Atomic JSON write (babo_edge.files.atomic_write)."""
+    with atomic_write(path, "w") as file:
+        json.dump(data, file, indent=1)

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.anchors import BoxCoder
-from models.blackout import ConvInputBlackout, binarize
-from models.postprocess import PostprocessConfig, detect
+from babo_edge.models.anchors import BoxCoder
+from babo_edge.models.blackout import ConvInputBlackout, binarize
+from babo_edge.models.postprocess import PostprocessConfig, detect
 
 AnchorFn = Callable[[list[tuple[int, int]], tuple[int, int]], torch.Tensor]
 
@@ -71,8 +71,7 @@ class BABODetector(nn.Module):
 
     def __init__(self, detector: SingleShotDetector, omg: nn.Module | None = None, *,
                  omg_size: tuple[int, int] | None = None, argmax: str = "sg", beta: float = 5.0,
-                 mean: tuple[float, float, float] = (123.675, 116.28, 103.53),
-                 std: tuple[float, float, float] = (58.395, 57.12, 57.375),
+                 mean: tuple[float, float, float], std: tuple[float, float, float],
                  postprocess: PostprocessConfig = PostprocessConfig()):
         super().__init__()
         self.detector = detector

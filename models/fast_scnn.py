@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.blackout import static_hw
-from models.layers import ConvNormAct, depthwise_separable
-from models.mobilenetv2 import InvertedResidual
+from babo_edge.models.blackout import static_hw
+from babo_edge.models.layers import ConvNormAct, depthwise_separable
+from babo_edge.models.mobilenetv2 import InvertedResidual
 
 
 @functools.lru_cache(maxsize=64)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.layers import ConvNormAct, make_divisible
+from babo_edge.models.layers import ConvNormAct, make_divisible
 
 # (expansion t, output channels c, repeats n, first stride s) of the paper's table 2.
 BOTTLENECK_SETTINGS = (

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from models.anchors import BoxCoder
+from babo_edge.models.anchors import BoxCoder
 
 
 @dataclass(frozen=True)

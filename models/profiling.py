@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.accounting import ConvLayer, LayerCount, ReportAccumulator
-from models.detector import BABODetector, BABOOutput
+from babo_edge.models.accounting import ConvLayer, LayerCount, ReportAccumulator
+from babo_edge.models.detector import BABODetector, BABOOutput
 
 
 def block_of(path: str, fallback_depth: int) -> str:

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import ConvNormAct
-from models.ssd import flatten_levels
+from babo_edge.models.layers import ConvNormAct
+from babo_edge.models.ssd import flatten_levels
 
 RESNET101_BLOCKS = (3, 4, 23, 3)
 BOTTLENECK_EXPANSION = 4

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.layers import ConvNormAct
+from babo_edge.models.layers import ConvNormAct
 
 
 class SSDLiteExtras(nn.Module):

@@ -17,18 +17,16 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import openvino as ov
 
-from calibration.errors import DatasetError
-from models.cli import choice_list, positive_int, write_json
-from runtime.detector import EXECUTIONS, ModelError
-from runtime.devices import DeviceError, resolve_device
-from runtime.artifacts import PRECISIONS
-from runtime.latency import (BenchmarkError, Settings, compare_executions, compare_to_baseline,
+from babo_edge.calibration.errors import DatasetError
+from babo_edge.models.cli import choice_list, positive_int, write_json
+from babo_edge.runtime.detector import EXECUTIONS, ModelError
+from babo_edge.runtime.devices import DeviceError, resolve_device
+from babo_edge.runtime.artifacts import PRECISIONS
+from babo_edge.runtime.latency import (BenchmarkError, Settings, compare_executions, compare_to_baseline,
                              default_model_folders, format_executions, format_table, load_val_frames,
                              other_machine, read_baseline, resolve_targets, run_benchmark)
 

@@ -22,9 +22,9 @@ import cv2
 import numpy as np
 import openvino as ov
 
-from models.preprocess import to_model_input
-from runtime.devices import DeviceError, check_static_for_npu, resolve_device
-from runtime.sparse import SparseError, SparseRunner
+from babo_edge.models.preprocess import to_model_input
+from babo_edge.runtime.devices import DeviceError, check_static_for_npu, resolve_device
+from babo_edge.runtime.sparse import SparseError, SparseRunner
 
 MODEL_INFO = "model_info"
 IR_FORMAT = "babo-edge-ir"

@@ -32,10 +32,10 @@ import numpy as np
 import openvino as ov
 from tqdm import tqdm
 
-from models.accounting import figures
-from runtime.artifacts import EXPORT_SUFFIX, IR_FILE, PRECISIONS, ZOO, default_export_dir, ir_path
-from runtime.detector import Detector, compile_config, openvino_message, preprocess, read_ir, read_model_info
-from runtime.sparsity import SparsityCounter, instrument, measure_overhead
+from babo_edge.models.accounting import figures
+from babo_edge.runtime.artifacts import EXPORT_SUFFIX, IR_FILE, PRECISIONS, ZOO, default_export_dir, ir_path
+from babo_edge.runtime.detector import Detector, compile_config, openvino_message, preprocess, read_ir, read_model_info
+from babo_edge.runtime.sparsity import SparsityCounter, instrument, measure_overhead
 
 SCHEMA = "babo-edge/benchmark"
 VERSION = 1
@@ -123,8 +123,8 @@ def default_model_folders(candidates: Sequence[Path] = DEFAULT_MODELS) -> tuple[
 def load_val_frames(count: int, dataset: Path | None = None, split: str = "val") -> list[np.ndarray]:
     """The first `count` images of a split (val, video) of `dataset` (default: the built-in
     dataset, generated on first use) as BGR frames, the way a camera gives them."""
-    from calibration.coco import CocoDetection  # dataset tools: only when frames come from a dataset
-    from calibration.synthetic import ensure_default_dataset, split_files
+    from babo_edge.calibration.coco import CocoDetection  # dataset tools: only when frames come from a dataset
+    from babo_edge.calibration.synthetic import ensure_default_dataset, split_files
     images = CocoDetection(*split_files(dataset or ensure_default_dataset(), split))
     return [cv2.cvtColor(images[i].image, cv2.COLOR_RGB2BGR) for i in range(min(count, len(images)))]
 
@@ -248,8 +248,8 @@ def benchmark_pytorch(checkpoint: Path, frames: Sequence[np.ndarray], settings: 
     default). Its compile time is the checkpoint's load (read + build); no throughput mode."""
     import torch  # the only torch import of runtime/: PyTorch rows are optional
 
-    from models.checkpoint import CheckpointError, load_model
-    from models.profiling import mac_report
+    from babo_edge.models.checkpoint import CheckpointError, load_model
+    from babo_edge.models.profiling import mac_report
     started = time.perf_counter()
     try:
         model, ckpt = load_model(checkpoint)
@@ -451,8 +451,9 @@ def compare_executions(targets: Sequence[Target], scenes: dict[str, Sequence[np.
     """Frame latency (Detector call: preprocessing, OMG, detector, post-processing) of every
     target in every execution mode on every scene. Rounds interleave the detectors (each
     round: one pass over the scene per detector) so that load from other processes spreads
-    over all rows, after one untimed pass (ROI crop models are compiled on first use). Vanilla IRs run dense only. Rows: median / mean ms per frame and how often
-    each path ran (empty, roi, dense) with the mean crop area."""
+    over all rows, after one untimed pass (ROI crop models are compiled on first use). Vanilla
+    IRs run dense only. Rows: median / mean ms per frame and how often each path ran (empty,
+    roi, dense) with the mean crop area."""
     detectors = []
     for target in targets:
         model = read_ir(target.xml, core)

@@ -6,10 +6,9 @@ boxes without it. The Agg canvas is used directly, so no global pyplot backend i
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
-from models.cli import make_readable
+from babo_edge.files import atomic_write
 
 DETECTOR = "od"
 
@@ -56,14 +55,6 @@ def _short(block: str) -> str:
 
 
 def _save_atomically(figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            figure.savefig(file, format="png", dpi=120)
-        make_readable(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    with atomic_write(path, "wb") as file:
+        figure.savefig(file, format="png", dpi=120)
     return path

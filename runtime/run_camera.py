@@ -24,19 +24,17 @@ import json
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import openvino as ov
 
-from models.accounting import REPORT_SCHEMA, format_report
-from models.cli import positive_int, write_json
-from runtime.artifacts import REPO, ZOO, default_export_dir, ir_path
-from runtime.camera import (DISPLAY_THRESHOLD, OutputError, Pipeline, SourceError, check_writable, default_source,
+from babo_edge.models.accounting import REPORT_SCHEMA, format_report
+from babo_edge.models.cli import positive_int, write_json
+from babo_edge.runtime.artifacts import REPO, ZOO, default_export_dir, ir_path
+from babo_edge.runtime.camera import (DISPLAY_THRESHOLD, OutputError, Pipeline, SourceError, check_writable, default_source,
                             display_available, open_source, run)
-from runtime.detector import EXECUTIONS, HINTS, ModelError, read_ir
-from runtime.devices import DeviceError, resolve_device
-from runtime.plots import plot_block_zeros
+from babo_edge.runtime.detector import EXECUTIONS, HINTS, ModelError, read_ir
+from babo_edge.runtime.devices import DeviceError, resolve_device
+from babo_edge.runtime.plots import plot_block_zeros
 
 DEFAULT_MODEL = ir_path(default_export_dir(ZOO / "babo-ssdlite-256.pt"), "int8")
 EXPORT_COMMAND = "python export/to_ir.py models/zoo/babo-ssdlite-256.pt"

@@ -32,8 +32,8 @@ import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
 
-from models.accounting import ConvLayer, LayerCount, ReportAccumulator, format_report
-from runtime.detector import MODEL_INFO
+from babo_edge.models.accounting import ConvLayer, LayerCount, ReportAccumulator, format_report
+from babo_edge.runtime.detector import MODEL_INFO
 
 CONVS_KEY = "convs"
 ZEROS_PREFIX = "zeros/"

@@ -9,7 +9,7 @@ torch.set_flush_denormal(True)
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
     """A few images of every split of the synthetic dataset (same generator as the default)."""
-    from calibration.synthetic import generate
+    from babo_edge.calibration.synthetic import generate
     root = tmp_path_factory.mktemp("data") / "tiny"
     return generate(root, seed=0, counts={"train": 12, "val": 6, "calib": 4, "video": 4},
                     progress=False, workers=1)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from models.accounting import (ConvLayer, LayerCount, ReportAccumulator, build_report, conv_macs,
+from babo_edge.models.accounting import (ConvLayer, LayerCount, ReportAccumulator, build_report, conv_macs,
                                format_report)
 
 

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from models.anchors import BoxCoder, retinanet_anchors, ssd512_priors, ssd_priors, ssdlite_priors
-from models.builders import ModelConfig, build_model
+from babo_edge.models.anchors import BoxCoder, retinanet_anchors, ssd512_priors, ssd_priors, ssdlite_priors
+from babo_edge.models.builders import ModelConfig, build_model
 
 
 @pytest.mark.parametrize("size, feature_sizes, total", [

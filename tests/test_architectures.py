@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from models.fast_scnn import FastSCNN, adaptive_avg_pool_matrix
-from models.mobilenetv2 import MobileNetV2
+from babo_edge.models.fast_scnn import FastSCNN, adaptive_avg_pool_matrix
+from babo_edge.models.mobilenetv2 import MobileNetV2
 
 
 def n_params(module):

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from train.augment import Example, expand, hflip, min_iou_random_crop, resize, ssd_augment, _iou
+from babo_edge.train.augment import Example, expand, hflip, min_iou_random_crop, resize, ssd_augment, _iou
 
 
 def example():

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from export.quantize import CalibrationImages
-from export.to_ir import main as to_ir_main
-from models.builders import build_model
-from models.checkpoint import save_checkpoint
-from runtime import latency
-from runtime.benchmark import main as benchmark_main
-from tests.test_export import CLASS_NAMES, CONFIG, balanced_omg
+from babo_edge.export.quantize import CalibrationImages
+from babo_edge.export.to_ir import main as to_ir_main
+from babo_edge.models.builders import build_model
+from babo_edge.models.checkpoint import save_checkpoint
+from babo_edge.runtime import latency
+from babo_edge.runtime.benchmark import main as benchmark_main
+from test_export import CLASS_NAMES, CONFIG, balanced_omg
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = ["--frames", "2", "--duration", "0.05"]
@@ -219,7 +219,7 @@ def test_timing_helpers():
 
 def test_torch_free_in_a_fresh_interpreter(export_folder, tiny_dataset):
     code = ("import sys\n"
-            "from runtime.benchmark import main\n"
+            "from babo_edge.runtime.benchmark import main\n"
             f"code = main(['--model', {str(export_folder)!r}, '--data', {str(tiny_dataset)!r}, "
             f"'--precision', 'fp32', *{QUICK!r}])\n"
             "print(code, sorted(m for m in ('torch', 'nncf', 'onnx') if m in sys.modules))\n")

@@ -4,10 +4,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.blackout import (MaskPyramid, hard_argmax, random_mask, sg_argmax, soft_argmax,
+from babo_edge.models.blackout import (MaskPyramid, hard_argmax, random_mask, sg_argmax, soft_argmax,
                              spectral_residual_mask)
-from models.builders import ModelConfig, build_model
-from models.postprocess import detect
+from babo_edge.models.builders import ModelConfig, build_model
+from babo_edge.models.postprocess import detect
 
 
 def conv_inputs(model, images, mask=None):

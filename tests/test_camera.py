@@ -14,13 +14,13 @@ import openvino as ov
 import pytest
 import torch
 
-from export import openvino_ir
-from export.onnx_export import export_onnx
-from models.accounting import REPORT_SCHEMA, REPORT_VERSION
-from models.builders import build_model
-from runtime import camera, plots, run_camera
-from runtime.detector import Detector, Result, preprocess
-from tests.test_export import CLASS_NAMES, CONFIG, balanced_omg
+from babo_edge.export import openvino_ir
+from babo_edge.export.onnx_export import export_onnx
+from babo_edge.models.accounting import REPORT_SCHEMA, REPORT_VERSION
+from babo_edge.models.builders import build_model
+from babo_edge.runtime import camera, plots, run_camera
+from babo_edge.runtime.detector import Detector, Result, preprocess
+from test_export import CLASS_NAMES, CONFIG, balanced_omg
 
 REPO = Path(__file__).resolve().parents[1]
 VIDEO_SIZE = (240, 176)  # width, height

@@ -5,9 +5,9 @@ import pickle
 import pytest
 import torch
 
-from models.builders import ModelConfig, build_model
-from models.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
-from models.cli import write_json
+from babo_edge.models.builders import ModelConfig, build_model
+from babo_edge.models.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from babo_edge.models.cli import write_json
 
 CONFIG = ModelConfig(num_classes=3, input_size=(128, 128), omg_size=(64, 64), width=0.5)
 NAMES = ["disc", "square", "star"]
@@ -145,7 +145,7 @@ def test_save_failure_leaves_nothing(tmp_path, monkeypatch):
 def test_release_drops_the_optimizer_state_only(saved, tmp_path):
     _, path = saved
     out = tmp_path / "release" / "model.pt"
-    from models.checkpoint import release_checkpoint
+    from babo_edge.models.checkpoint import release_checkpoint
     release_checkpoint(path, out, note={"released": "test"})
     original, shipped = load_checkpoint(path), load_checkpoint(out)
     assert shipped.training_state is None and original.training_state is not None

@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from calibration.coco import CocoDetection, Sample, box_mask, instance_mask
-from calibration.errors import DatasetError, ImageReadError
+from babo_edge.calibration.coco import CocoDetection, Sample, box_mask, instance_mask
+from babo_edge.calibration.errors import DatasetError, ImageReadError
 
 # 40x30 image "scene.png" with one object per encoding; rows/columns of each mask are in the comments.
 RECTANGLE = np.zeros((30, 40), dtype=np.uint8)
@@ -76,7 +76,8 @@ def test_every_segmentation_encoding_decodes_to_the_right_pixels(dataset):
     assert sample.labels.dtype == np.int64
     np.testing.assert_array_equal(sample.iscrowd, [False, False, False, True, False])
     assert sample.boxes.dtype == np.float32
-    np.testing.assert_array_equal(sample.boxes, [[10, 5, 20, 15], [2, 20, 8, 25], [30, 0, 34, 2], [36, 25, 40, 30], [0, 26, 5, 30]])
+    np.testing.assert_array_equal(sample.boxes, [[10, 5, 20, 15], [2, 20, 8, 25], [30, 0, 34, 2], [36, 25, 40, 30],
+                                                 [0, 26, 5, 30]])
     masks = sample.instance_masks
     assert masks.shape == (5, 30, 40) and masks.dtype == np.uint8 and set(np.unique(masks)) == {0, 1}
     expected_regions = [(slice(5, 15), slice(10, 20)), (slice(20, 25), slice(2, 8)), (slice(0, 2), slice(30, 34)),

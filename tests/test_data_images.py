@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from calibration.errors import DatasetError, ImageReadError
-from calibration.folder import ImageFolder
-from calibration.images import check_image, read_image
+from babo_edge.calibration.errors import DatasetError, ImageReadError
+from babo_edge.calibration.folder import ImageFolder
+from babo_edge.calibration.images import check_image, read_image
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = ["pillow", "opencv"]
@@ -158,8 +158,8 @@ def test_package_import_is_light_and_never_imports_torch():
     code = (
         "import sys, calibration\n"
         "assert 'cv2' not in sys.modules and 'pycocotools' not in sys.modules\n"
-        "from calibration import CocoDetection, ImageFolder, read_image, generate, instance_mask\n"
-        "import calibration.make_dataset\n"
+        "from babo_edge.calibration import CocoDetection, ImageFolder, read_image, generate, instance_mask\n"
+        "import babo_edge.calibration.make_dataset\n"
         "assert 'cv2' in sys.modules and 'torch' not in sys.modules and 'skimage' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True)

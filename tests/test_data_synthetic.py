@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from calibration import scene, synthetic
-from calibration.coco import CocoDetection, instance_mask, segmentation_to_mask
+from babo_edge.calibration import scene, synthetic
+from babo_edge.calibration.coco import CocoDetection, instance_mask, segmentation_to_mask
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SMALL_COUNTS = {"train": 48, "val": 4, "calib": 4, "video": 10}
@@ -57,7 +57,8 @@ def test_each_split_is_reproducible_on_its_own_and_seeds_matter(small_dataset, t
     first_annotations = [a for a in load_json(small_dataset / "instances_val.json")["annotations"] if a["image_id"] <= 2]
     assert load_json(val_only / "instances_val.json")["annotations"] == first_annotations
 
-    other_seed = synthetic.generate(tmp_path / "seed1", seed=1, counts={"train": 0, "val": 2, "calib": 0, "video": 0}, progress=False)
+    other_seed = synthetic.generate(tmp_path / "seed1", seed=1, counts={"train": 0, "val": 2, "calib": 0, "video": 0},
+                                    progress=False)
     assert (other_seed / "images/val/000000.jpg").read_bytes() != (val_only / "images/val/000000.jpg").read_bytes()
 
 

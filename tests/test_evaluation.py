@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from calibration.coco import CocoDetection
-from models.builders import ModelConfig, build_model
-from models.checkpoint import save_checkpoint
-from models.profiling import mac_report
-from train import evaluate as evaluate_cli
-from train.data import DetectionData, collate
-from train.evaluation import (coco_detections, coco_metrics, evaluate, format_table, instance_recall,
+from babo_edge.calibration.coco import CocoDetection
+from babo_edge.models.builders import ModelConfig, build_model
+from babo_edge.models.checkpoint import save_checkpoint
+from babo_edge.models.profiling import mac_report
+from babo_edge.train import evaluate as evaluate_cli
+from babo_edge.train.data import DetectionData, collate
+from babo_edge.train.evaluation import (coco_detections, coco_metrics, evaluate, format_table, instance_recall,
                               recall_summary)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,8 +75,8 @@ def test_ground_truth_through_the_model_input_size_scores_100(coco):
     """GT boxes at the model input size, as (K, 7) detections with labels: scaled back to
     each image's size and mapped to the sparse category ids, they are perfect."""
     batch = collate([DetectionData(coco, (96, 96), train=False)[i] for i in range(len(coco))])
-    rows = [torch.cat([torch.full((len(b), 1), float(i)), l[:, None].float(), torch.ones(len(b), 1), b], 1)
-            for i, (b, l) in enumerate(zip(batch.boxes, batch.labels))]
+    rows = [torch.cat([torch.full((len(b), 1), float(i)), labels[:, None].float(), torch.ones(len(b), 1), b], 1)
+            for i, (b, labels) in enumerate(zip(batch.boxes, batch.labels))]
     results = coco_detections(torch.cat(rows), batch.image_ids, batch.original_hw, (96, 96), coco.category_ids)
     assert sorted(r["category_id"] for r in results) == [3, 7, 7, 7]
     metrics = coco_metrics(coco, results)

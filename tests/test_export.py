@@ -10,11 +10,11 @@ import openvino.opset13 as ops
 import pytest
 import torch
 
-from export import lean_graph, mask_graph, openvino_ir, parity, quantize
-from export.onnx_export import anchors_path, export_onnx
-from models.builders import ModelConfig, build_model
-from runtime.detector import read_model_info
-from models.profiling import network_convs, profile
+from babo_edge.export import lean_graph, mask_graph, openvino_ir, parity, quantize
+from babo_edge.export.onnx_export import anchors_path, export_onnx
+from babo_edge.models.builders import ModelConfig, build_model
+from babo_edge.runtime.detector import read_model_info
+from babo_edge.models.profiling import network_convs, profile
 
 CONFIG = ModelConfig(num_classes=3, input_size=(128, 128), omg_size=(64, 64), width=0.5)
 CLASS_NAMES = ["red disc", "square", "triangle"]

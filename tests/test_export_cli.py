@@ -12,18 +12,18 @@ import openvino as ov
 import pytest
 import torch
 
-from calibration.coco import CocoDetection
-from calibration.synthetic import split_files
-from export import mask_graph, pipeline
-from export.parity import openvino_runner
-from export.pipeline import REPORT_FILE
-from export.to_ir import main as to_ir_main
-from models.builders import ModelConfig, build_model
-from runtime.detector import read_model_info
-from export.quantize import CalibrationImages
-from models.checkpoint import load_model, save_checkpoint
-from models.preprocess import to_model_input
-from tests.test_export import balanced_omg
+from babo_edge.calibration.coco import CocoDetection
+from babo_edge.calibration.synthetic import split_files
+from babo_edge.export import mask_graph, pipeline
+from babo_edge.export.parity import openvino_runner
+from babo_edge.export.pipeline import REPORT_FILE
+from babo_edge.export.to_ir import main as to_ir_main
+from babo_edge.models.builders import ModelConfig, build_model
+from babo_edge.runtime.detector import read_model_info
+from babo_edge.export.quantize import CalibrationImages
+from babo_edge.models.checkpoint import load_model, save_checkpoint
+from babo_edge.models.preprocess import to_model_input
+from test_export import balanced_omg
 
 ZOO = Path(__file__).resolve().parents[1] / "models" / "zoo"
 LAYOUT = ["model.onnx", "FP32/model.xml", "FP32/model.bin", "FP16/model.xml", "FP16/model.bin",
@@ -44,6 +44,7 @@ def demo_export(tmp_path_factory):
     return code, out, json.loads((out / REPORT_FILE).read_text())
 
 
+@pytest.mark.slow
 def test_demo_export_writes_every_artifact(demo_export):
     code, out, report = demo_export
     assert code == 0 and report["failures"] == {}
@@ -55,6 +56,7 @@ def test_demo_export_writes_every_artifact(demo_export):
     assert set(report["versions"]) == {"torch", "onnx", "openvino", "nncf"}
 
 
+@pytest.mark.slow
 def test_demo_export_ovms_repository_serves_the_int8_ir(demo_export):
     _, out, report = demo_export
     config = json.loads((out / "ovms" / "config.json").read_text())
@@ -78,6 +80,7 @@ def test_demo_export_int8_keeps_the_mask_binary(demo_export, tmp_path):
     assert set(np.unique(np.concatenate(masks))) <= {0.0, 1.0}
 
 
+@pytest.mark.slow
 def test_demo_export_parity_and_accuracy(demo_export):
     _, _, report = demo_export
     for name in ("onnx", "fp32"):
@@ -97,6 +100,7 @@ def test_demo_export_parity_and_accuracy(demo_export):
     assert accuracy["reports"]["int8"]["schema"] == "babo-edge/mac-report"
 
 
+@pytest.mark.slow
 def test_demo_export_metadata_is_enough_for_the_runtime(demo_export):
     _, out, _ = demo_export
     info = read_model_info(ov.Core().read_model(str(out / "FP16" / "model.xml")))
@@ -108,7 +112,7 @@ def test_demo_export_metadata_is_enough_for_the_runtime(demo_export):
 
 
 def _dataset_dir() -> Path:
-    from calibration.synthetic import ensure_default_dataset
+    from babo_edge.calibration.synthetic import ensure_default_dataset
     return ensure_default_dataset()
 
 
@@ -119,7 +123,7 @@ TINY = ModelConfig(num_classes=6, input_size=(128, 128), omg_size=(64, 64), widt
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory, tiny_dataset):
-    from export.quantize import CalibrationImages
+    from babo_edge.export.quantize import CalibrationImages
     coco = CocoDetection(*split_files(tiny_dataset, "val"))
     calib = CalibrationImages(TINY.input_size, 4, tiny_dataset)
     torch.manual_seed(0)

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.builders import ModelConfig, build_detector, build_model
-from models.retinanet import ResNet
-from models.vgg_ssd import SSDVGG16
+from babo_edge.models.builders import ModelConfig, build_detector, build_model
+from babo_edge.models.retinanet import ResNet
+from babo_edge.models.vgg_ssd import SSDVGG16
 
 SMALL_SIZES = {"vgg16-ssd512": (320, 320), "retinanet-r101": (160, 224)}
 

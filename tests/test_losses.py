@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.anchors import BoxCoder
-from train.losses import OMGLossConfig, assign_anchors, dilate, fg_ratio_penalty, multibox_loss, omg_loss
+from babo_edge.models.anchors import BoxCoder
+from babo_edge.train.losses import OMGLossConfig, assign_anchors, dilate, fg_ratio_penalty, multibox_loss, omg_loss
 
 
 def test_dilation_grows_a_pixel_into_a_square():

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from models.anchors import BoxCoder
-from models.postprocess import PostprocessConfig, box_iou, detect, split_by_image
+from babo_edge.models.anchors import BoxCoder
+from babo_edge.models.postprocess import PostprocessConfig, box_iou, detect, split_by_image
 
 CODER = BoxCoder()
 

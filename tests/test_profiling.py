@@ -6,10 +6,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from models.accounting import conv_macs
-from models.builders import ModelConfig, build_model
-from models.profiling import block_of, mac_report, profile
-from models import report as report_cli
+from babo_edge.models.builders import ModelConfig, build_model
+from babo_edge.models.profiling import block_of, mac_report, profile
+from babo_edge.models import report as report_cli
 
 
 def torch_conv_macs(module: nn.Module, x: torch.Tensor) -> float:
@@ -112,3 +111,8 @@ def test_report_cli_bad_checkpoint_is_one_line_error(tmp_path, capsys):
     assert report_cli.main(["--ckpt", str(tmp_path / "nope.pt")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "no such checkpoint file" in err and "\n" not in err
+
+
+def test_report_cli_lists_every_architecture():
+    from babo_edge.models.builders import DETECTORS
+    assert report_cli.ARCHITECTURES == tuple(DETECTORS)

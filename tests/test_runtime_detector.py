@@ -11,13 +11,13 @@ import openvino.opset13 as ops
 import pytest
 import torch
 
-from export import openvino_ir, parity
-from export.onnx_export import export_onnx
-from models.builders import build_model
-from runtime.detector import (Detector, FrameError, ModelError, Result, postprocess, preprocess,
+from babo_edge.export import openvino_ir, parity
+from babo_edge.export.onnx_export import export_onnx
+from babo_edge.models.builders import build_model
+from babo_edge.runtime.detector import (Detector, FrameError, ModelError, Result, postprocess, preprocess,
                               read_model_info)
-from runtime.devices import DeviceError, check_static_for_npu, resolve_device
-from tests.test_export import CLASS_NAMES, CONFIG, balanced_omg
+from babo_edge.runtime.devices import DeviceError, check_static_for_npu, resolve_device
+from test_export import CLASS_NAMES, CONFIG, balanced_omg
 
 REPO = Path(__file__).resolve().parents[1]
 FP32 = {"INFERENCE_PRECISION_HINT": "f32"}  # parity with PyTorch needs no bf16 shortcuts
@@ -160,7 +160,7 @@ def test_postprocess_threshold_scaling_and_vanilla_outputs():
 
 def test_torch_free_in_a_fresh_interpreter(xml):
     code = ("import sys, numpy as np\n"
-            "from runtime.detector import Detector\n"
+            "from babo_edge.runtime.detector import Detector\n"
             f"result = Detector({str(xml)!r})(np.zeros((48, 64, 3), np.uint8))\n"
             "print(result.mask.shape, sorted(m for m in ('torch', 'nncf', 'onnx') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -9,13 +9,13 @@ import openvino as ov
 import pytest
 import torch
 
-from export import openvino_ir, parity, quantize
-from export.onnx_export import export_onnx
-from models.builders import ModelConfig, build_model
-from runtime.detector import Detector, ModelError, preprocess
-from runtime.sparse import IMAGE_CROP, MASK_CROP, OFFSET_INPUT, ROI_STRIDE, CostModel, SparsePlan, crop_of
-from tests.test_export import CLASS_NAMES, CONFIG
-from tests.test_runtime_detector import FP32, export_ir, frames, model, with_info, xml  # noqa: F401 (fixtures)
+from babo_edge.export import openvino_ir, parity, quantize
+from babo_edge.export.onnx_export import export_onnx
+from babo_edge.models.builders import ModelConfig, build_model
+from babo_edge.runtime.detector import Detector, ModelError, preprocess
+from babo_edge.runtime.sparse import IMAGE_CROP, MASK_CROP, OFFSET_INPUT, ROI_STRIDE, CostModel, SparsePlan, crop_of
+from test_export import CLASS_NAMES, CONFIG
+from test_runtime_detector import FP32, export_ir, frames, model, with_info, xml  # noqa: F401 (fixtures)
 
 # Not a multiple of 32: the last row and column of cells are partial.
 ODD_CONFIG = ModelConfig(num_classes=3, input_size=(144, 208), omg_size=(72, 104), width=0.5)

@@ -13,11 +13,11 @@ import openvino.opset13 as ops
 import pytest
 import torch
 
-from export import mask_graph, openvino_ir, parity, quantize
-from export.onnx_export import export_onnx
-from models.builders import build_model
-from models.profiling import mac_report, profile
-from runtime import plots, sparsity
+from babo_edge.export import mask_graph, openvino_ir, parity, quantize
+from babo_edge.export.onnx_export import export_onnx
+from babo_edge.models.builders import build_model
+from babo_edge.models.profiling import mac_report, profile
+from babo_edge.runtime import plots, sparsity
 from test_export import CLASS_NAMES, CONFIG, balanced_omg
 
 
@@ -221,7 +221,7 @@ def test_counts_a_hand_built_graph_with_dynamic_batch():
              {"node": group.get_friendly_name(), "name": "group", "network": "od", "block": "od.b"}]
     openvino_ir.set_model_info(model, {"convs": json.dumps(table)})
     layers = sparsity.conv_layers(model)
-    assert [(l.in_channels, l.out_channels, l.input_hw, l.kernel, l.stride, l.groups) for l in layers] == [
+    assert [(c.in_channels, c.out_channels, c.input_hw, c.kernel, c.stride, c.groups) for c in layers] == [
         (4, 8, (6, 6), (3, 3), (2, 2), 1), (8, 8, (3, 3), (1, 1), (1, 1), 2)]
     batch = np.ones((2, 4, 6, 6), np.float32)
     batch[0, :, :2] = 0  # 4 x 2 x 6 = 48 zeros; the 3x3/2 conv's first output row (of 3x3) reads only them
@@ -297,7 +297,7 @@ def test_counter_overhead_is_the_interleaved_median_ratio(exported, monkeypatch)
 
 def test_torch_free_in_a_fresh_interpreter(exported, tmp_path):
     code = ("import sys, numpy as np, openvino as ov\n"
-            "from runtime import plots, sparsity\n"
+            "from babo_edge.runtime import plots, sparsity\n"
             f"model = ov.Core().read_model({str(exported.xml)!r})\n"
             "compiled = ov.Core().compile_model(sparsity.instrument(model), 'CPU')\n"
             "counter = sparsity.SparsityCounter.from_model(model)\n"

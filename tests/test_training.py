@@ -1,5 +1,6 @@
 """Training: every mode lowers its loss on a fixed batch, resume is exact, 2-process DDP runs."""
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import replace
@@ -8,15 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from calibration.coco import CocoDetection
-from calibration.synthetic import split_files
-from models.builders import ModelConfig
-from models.checkpoint import load_checkpoint
-from train.data import DetectionData, collate
-from models.checkpoint import save_checkpoint
-from train.engine import (TrainConfig, compute_losses, lr_at, make_optimizer, omg_loss_config, prepare_model,
+from babo_edge.calibration.coco import CocoDetection
+from babo_edge.calibration.synthetic import split_files
+from babo_edge.models.builders import ModelConfig
+from babo_edge.models.checkpoint import load_checkpoint
+from babo_edge.train.data import DetectionData, collate
+from babo_edge.models.checkpoint import save_checkpoint
+from babo_edge.train.engine import (TrainConfig, compute_losses, lr_at, make_optimizer, omg_loss_config, prepare_model,
                           set_train_mode, train, train_step)
-from train.losses import OMGLossConfig
+from babo_edge.train.losses import OMGLossConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,6 +70,7 @@ def test_lr_schedules():
     assert lr_at(poly, 50, 10) == pytest.approx(0.1 * 0.5 ** 2)  # paper: lr0 * (1 - t/T)^2
 
 
+@pytest.mark.slow
 def test_resume_restores_optimizer_and_continues_exactly(tiny_dataset, tmp_path):
     straight = config_for("e2e", tiny_dataset, tmp_path / "a", max_iters=None)
     train(straight, progress=False)
@@ -91,9 +93,13 @@ def test_resume_restores_optimizer_and_continues_exactly(tiny_dataset, tmp_path)
     assert [h["epoch"] for h in again.metadata["history"]] == [2]
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_with_gloo(tiny_dataset, tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    with socket.socket() as probe:  # a free port, not a fixed one another run may hold
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
            str(ROOT / "train" / "train.py"), "--mode", "vanilla", "--data", str(tiny_dataset),
            "--input-size", "96", "--width", "0.5", "--epochs", "1", "--batch-size", "2", "--workers", "0",
            "--max-iters", "2", "--out", str(out)]
@@ -105,7 +111,7 @@ def test_two_cpu_processes_with_gloo(tiny_dataset, tmp_path):
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
-    from train.train import main
+    from babo_edge.train.train import main
     assert main(["--mode", "vanilla", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err
@@ -162,7 +168,7 @@ def test_mask_dilation_is_given_at_the_omg_resolution():
 
 
 def test_wrong_initial_weights_and_config_keys_are_one_line_errors(tiny_dataset, tmp_path, capsys):
-    from train.train import main as train_main
+    from babo_edge.train.train import main as train_main
     vanilla = config_for("vanilla", tiny_dataset, tmp_path)
     narrow = tmp_path / "narrow.pt"
     save_checkpoint(narrow, prepare_model(replace(vanilla, model=replace(vanilla.model, width=0.75))),

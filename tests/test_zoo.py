@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from calibration.synthetic import read_manifest
-from models.checkpoint import load_model
-from train.evaluation import evaluate
+from babo_edge.calibration.synthetic import read_manifest
+from babo_edge.models.checkpoint import load_model
+from babo_edge.train.evaluation import evaluate
 
 ZOO = Path(__file__).resolve().parents[1] / "models" / "zoo"
 VANILLA, BABO = ZOO / "vanilla-ssdlite-256.pt", ZOO / "babo-ssdlite-256.pt"

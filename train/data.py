@@ -6,8 +6,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from calibration.coco import CocoDetection, instance_mask
-from train.augment import Example, resize, ssd_augment
+from babo_edge.calibration.coco import CocoDetection, instance_mask
+from babo_edge.train.augment import Example, resize, ssd_augment
+from babo_edge.models.builders import IMAGENET_MEAN
 
 
 @dataclass
@@ -41,7 +42,7 @@ class DetectionData(torch.utils.data.Dataset):
     """
 
     def __init__(self, coco: CocoDetection, input_hw: tuple[int, int], train: bool,
-                 mean: tuple[float, float, float] = (123.675, 116.28, 103.53), seed: int = 0):
+                 mean: tuple[float, float, float] = IMAGENET_MEAN, seed: int = 0):
         self.coco = coco
         self.input_hw = tuple(input_hw)
         self.train = train

@@ -25,17 +25,16 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from calibration.coco import CocoDetection
-from calibration.synthetic import ensure_default_dataset, split_files
-from models.builders import ModelConfig, build_model
-from models.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
-from models.detector import BABODetector
-from train.data import Batch, DetectionData, collate
-from train.losses import OMGLossConfig, fg_ratio_penalty, multibox_loss, omg_loss
-from train.masks import check_source, external_mask
+from babo_edge.calibration.coco import CocoDetection
+from babo_edge.calibration.synthetic import ensure_default_dataset, split_files
+from babo_edge.models.builders import ModelConfig, build_model
+from babo_edge.models.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
+from babo_edge.models.detector import BABODetector
+from babo_edge.train.data import Batch, DetectionData, collate
+from babo_edge.train.options import BN_MODES, MODES
+from babo_edge.train.losses import OMGLossConfig, fg_ratio_penalty, multibox_loss, omg_loss
+from babo_edge.train.masks import check_source, external_mask
 
-MODES = ("omg", "vanilla", "pipeline", "e2e")
-BN_MODES = ("auto", "train", "frozen")
 
 
 def configure_cpu(threads: int | None = None) -> int:

@@ -13,18 +13,10 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenMP: see configure_cpu
 
-from calibration.errors import DatasetError
-from calibration.synthetic import ensure_default_dataset
-from models.checkpoint import CheckpointError, load_model
-from models.cli import positive_int, write_json
-from train.engine import configure_cpu
-from train.evaluation import check_classes, evaluate, format_table, open_dataset, resolve_mask_source
-from train.masks import check_source
+from babo_edge.models.cli import positive_int, write_json
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,6 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=positive_int, help="evaluate only the first N images")
     parser.add_argument("--json", type=Path, help="write every row (metrics + MAC report) here")
     args = parser.parse_args(argv)
+    # torch and the evaluator only now: --help and argument errors stay fast.
+    from babo_edge.calibration.errors import DatasetError
+    from babo_edge.calibration.synthetic import ensure_default_dataset
+    from babo_edge.models.checkpoint import CheckpointError, load_model
+    from babo_edge.train.engine import configure_cpu
+    from babo_edge.train.evaluation import check_classes, evaluate, format_table, open_dataset, resolve_mask_source
+    from babo_edge.train.masks import check_source
+
 
     # Everything that can be wrong with the arguments is checked before the first image is run.
     configure_cpu(args.threads)

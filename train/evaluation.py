@@ -19,14 +19,14 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
-from calibration.coco import SIZE_BUCKETS, CocoDetection, Sample
-from calibration.errors import DatasetError
-from calibration.synthetic import split_files
-from models.accounting import ReportAccumulator, figures
-from models.detector import BABODetector
-from models.profiling import profile
-from train.data import DetectionData, collate
-from train.masks import check_source, external_mask
+from babo_edge.calibration.coco import SIZE_BUCKETS, CocoDetection, Sample
+from babo_edge.calibration.errors import DatasetError
+from babo_edge.calibration.synthetic import split_files
+from babo_edge.models.accounting import ReportAccumulator, figures
+from babo_edge.models.detector import BABODetector
+from babo_edge.models.profiling import profile
+from babo_edge.train.data import DetectionData, collate
+from babo_edge.train.masks import check_source, external_mask
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # COCOeval.stats[0:6]
 RECALL_THRESHOLD = 0.5  # paper Fig. 3: recalled when more than half of the instance is foreground

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from models.anchors import BoxCoder
-from models.postprocess import box_iou
+from babo_edge.models.anchors import BoxCoder
+from babo_edge.models.postprocess import box_iou
 
 
 def assign_anchors(anchors: torch.Tensor, gt_boxes: torch.Tensor, pos_iou: float = 0.5) -> torch.Tensor:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from models.blackout import random_mask, spectral_residual_mask
-from models.detector import BABODetector
-from train.data import Batch
+from babo_edge.models.blackout import random_mask, spectral_residual_mask
+from babo_edge.models.detector import BABODetector
+from babo_edge.train.data import Batch
 
 FIXED_SOURCES = ("gt-instance", "gt-box", "sr", "random:<fg-ratio>")
 

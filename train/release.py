@@ -9,17 +9,14 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from models.checkpoint import CheckpointError, release_checkpoint
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("src")
     parser.add_argument("dst")
     args = parser.parse_args(argv)
+    from babo_edge.models.checkpoint import CheckpointError, release_checkpoint  # torch: after --help
+
     try:
         out = release_checkpoint(args.src, args.dst, note={"released_from": Path(args.src).name})
     except (CheckpointError, OSError) as e:

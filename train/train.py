@@ -15,15 +15,11 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenMP: see configure_cpu
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dataclasses import replace
 
-from calibration.errors import DatasetError
-from models.checkpoint import CheckpointError
-from models.cli import parse_size
-from train.engine import BN_MODES, MODES, TrainConfig, train
+from babo_edge.models.cli import parse_size
+from babo_edge.train.options import BN_MODES, MODES
 
 
 def parse_ohnem(text: str) -> float:
@@ -35,7 +31,10 @@ def parse_ohnem(text: str) -> float:
         raise argparse.ArgumentTypeError(f"OHNEM ratio must look like 1:3, got {text!r}") from None
 
 
-def build_config(args: argparse.Namespace) -> TrainConfig:
+def build_config(args: argparse.Namespace):
+    """The TrainConfig of the command line: --config's, then the flags given."""
+    from babo_edge.train.engine import TrainConfig
+
     config = TrainConfig.from_dict(json.loads(Path(args.config).read_text())) if args.config else TrainConfig()
     model = config.model
     for flag, key in (("arch", "arch"), ("width", "width"), ("input_size", "input_size"),
@@ -108,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-iters", type=int)
     p.add_argument("--resume", help="checkpoint written by a previous run (restores the optimizer)")
     args = p.parse_args(argv)
+    # torch and the training loop only now: --help and argument errors stay fast.
+    from babo_edge.calibration.errors import DatasetError
+    from babo_edge.models.checkpoint import CheckpointError
+    from babo_edge.train.engine import train
+
     try:
         config = build_config(args)
         last = train(config, resume=args.resume)
