@@ -40,8 +40,11 @@ class CocoDetection:
 
     Labels are the positions of the categories sorted by category id, so COCO's
     sparse ids (1..90) become 0..79. Boxes are clipped to the image; objects
-    whose clipped box has no area are dropped. An object without segmentation
-    gets its filled box as instance mask.
+    whose clipped box has no area (zero-area boxes, boxes wholly outside the
+    image) are dropped. An object without segmentation gets its filled box as
+    instance mask. Refused at construction with a one-line DatasetError: a
+    missing section or field, a duplicate image, category or annotation id, a
+    bbox that is not 4 finite numbers, an unknown image or category id.
     """
 
     def __init__(self, ann_file: str | os.PathLike, images_dir: str | os.PathLike):
@@ -56,12 +59,20 @@ class CocoDetection:
         self._label_of_category = {category_id: label for label, category_id in enumerate(self._category_ids)}
         self._images = sorted(self._entries(data, "images", ("id", "file_name", "height", "width")), key=lambda i: i["id"])
         image_ids = {image["id"] for image in self._images}
+        annotations = self._entries(data, "annotations", ("id", "image_id", "category_id", "bbox"))
+        for section, entries in (("categories", categories), ("images", self._images), ("annotations", annotations)):
+            self._check_unique_ids(section, entries)
         self._annotations_of_image = defaultdict(list)
-        for annotation in self._entries(data, "annotations", ("id", "image_id", "category_id", "bbox")):
+        for annotation in annotations:
+            bbox = annotation["bbox"]
+            if not (isinstance(bbox, list) and len(bbox) == 4 and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)):
+                raise self._error(f"annotation {annotation['id']} has a malformed bbox {bbox!r} "
+                                  "(expected [x, y, width, height], 4 finite numbers)")
             if annotation["image_id"] not in image_ids:
-                raise self._error(f"annotation {annotation['id']} refers to unknown image id {annotation['image_id']}")
+                raise self._error(f"annotation {annotation['id']} refers to unknown image id {annotation['image_id']!r}")
             if annotation["category_id"] not in self._label_of_category:
-                raise self._error(f"annotation {annotation['id']} refers to unknown category id {annotation['category_id']}")
+                raise self._error(f"annotation {annotation['id']} refers to unknown category id {annotation['category_id']!r}")
             self._annotations_of_image[annotation["image_id"]].append(annotation)
 
     @property
@@ -127,6 +138,13 @@ class CocoDetection:
             if missing:
                 raise self._error(f"{section}[{position}] has no '{missing[0]}'")
         return entries
+
+    def _check_unique_ids(self, section: str, entries: list[dict]) -> None:
+        seen = set()
+        for entry in entries:
+            if entry["id"] in seen:
+                raise self._error(f"{section} has a duplicate id {entry['id']!r}")
+            seen.add(entry["id"])
 
     def _error(self, message: str) -> DatasetError:
         return DatasetError(f"{str(self.ann_file)!r}: {message}")

@@ -17,8 +17,11 @@ class ImageFolder:
     """Image files of `path` (and its subfolders if `recursive`), sorted by relative path.
 
     `dataset[i]` is `(file_name, image)` with `file_name` relative to `path` and
-    `image` uint8 HxWx3 RGB. Files whose header is not an image are skipped with
-    a warning and listed in `skipped` as `(file_name, reason)`.
+    `image` uint8 HxWx3 RGB. Files whose header is not an image, and broken or
+    looping symbolic links with an image extension, are skipped with a warning
+    and listed in `skipped` as `(file_name, reason)`; files without an image
+    extension are not listed. Symbolic links to images are read; symbolically
+    linked subfolders are not followed (no link loops when `recursive`).
     """
 
     def __init__(self, path: str | os.PathLike, recursive: bool = False):
@@ -29,7 +32,7 @@ class ImageFolder:
             candidates = sorted(
                 file
                 for file in (self.root.rglob("*") if recursive else self.root.iterdir())
-                if file.suffix.lower() in IMAGE_EXTENSIONS and file.is_file()
+                if file.suffix.lower() in IMAGE_EXTENSIONS and (file.is_file() or file.is_symlink())
             )
         except OSError as error:
             raise DatasetError(f"image folder {str(self.root)!r} cannot be read: {error.strerror or error}") from None

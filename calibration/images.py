@@ -53,7 +53,8 @@ def _choose(backend: str | None) -> str:
 def _existing_file(path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.exists():
-        raise ImageReadError(f"cannot read image {str(path)!r}: file not found")
+        reason = "broken symbolic link (missing target or link loop)" if path.is_symlink() else "file not found"
+        raise ImageReadError(f"cannot read image {str(path)!r}: {reason}")
     if not path.is_file():
         raise ImageReadError(f"cannot read image {str(path)!r}: not a regular file")
     return path

@@ -92,11 +92,17 @@ class Result:
 
 
 def to_rgb(frame: np.ndarray) -> np.ndarray:
-    """An OpenCV frame, uint8 gray (H, W) / (H, W, 1), BGR (H, W, 3) or BGRA (H, W, 4) -> (H, W, 3) RGB."""
+    """An OpenCV frame, uint8 gray (H, W) / (H, W, 1), BGR (H, W, 3) or BGRA (H, W, 4) -> (H, W, 3) RGB.
+
+    Any size from 1x1 and any memory layout (views, non-contiguous, read-only) is accepted.
+    Everything else raises a one-line FrameError and is never guessed at: other dtypes (16-bit,
+    float: 0..1 or 0..255 cannot be told apart, NaN/Inf have no pixel value), empty frames,
+    other channel counts or ndim, non-arrays."""
     if not isinstance(frame, np.ndarray):
         raise FrameError(f"expected a frame as a numpy array, got {type(frame).__name__}")
     if frame.dtype != np.uint8:
-        raise FrameError(f"expected a uint8 frame, got {frame.dtype} (shape {frame.shape})")
+        raise FrameError(f"expected a uint8 frame, got {frame.dtype} (shape {frame.shape}); "
+                         "convert it to uint8 0..255 first (the runtime does not guess a scale)")
     channels = 1 if frame.ndim == 2 else frame.shape[2] if frame.ndim == 3 else None
     if channels not in _TO_RGB:
         raise FrameError(f"expected a gray (H, W), BGR (H, W, 3) or BGRA (H, W, 4) frame, got shape {frame.shape}")
