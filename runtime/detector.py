@@ -237,8 +237,18 @@ class Detector:
     submission order, each with its userdata, whatever order the requests finish in: to
     `callback(userdata, result)` when one was given (called on an OpenVINO thread, under a lock:
     keep it short and do not submit from it), else queued for `results()`. `wait_all()` waits
-    for every submitted frame and raises if a post-processing or callback call failed. Submit
-    from one thread. Synchronous calls use their own request and may be mixed in.
+    for every submitted frame and raises if a post-processing or callback call failed.
+
+    Back-pressure: nothing is ever dropped. A slow callback holds its request (and, through the
+    lock, every later one), so `infer_async` blocks once all requests are taken, until the
+    callback catches up. Without a callback nothing blocks on the consumer: results wait in
+    memory, unbounded, until `results()` reads them (drain it as you go).
+
+    Threads: one Detector may be shared. `infer_async` may be called from several threads
+    (submission order is the order in which the calls are accepted; each thread's frames keep
+    its own order). Synchronous calls share one request and run one at a time, so they are
+    correct from any thread but not parallel: for parallel inference use `infer_async` or one
+    Detector per thread. Synchronous calls may be mixed with asynchronous ones.
     """
 
     def __init__(self, model: str | os.PathLike | ov.Model, device: str = "CPU", *, hint: str = "LATENCY",
@@ -279,6 +289,8 @@ class Detector:
         self._queue.set_callback(self._on_done)
         self._callback = callback
         self._lock = threading.Lock()
+        self._sync_lock = threading.Lock()  # the one synchronous request and the sparse runner
+        self._submit_lock = threading.Lock()  # submission index and order
         self._submitted = 0
         self._delivered = 0
         self._finished: dict[int, tuple[Any, Result | None]] = {}  # finished out of order, not yet delivered
@@ -329,7 +341,8 @@ class Detector:
         return self._postprocess(self.run(inputs), frame.shape[:2])
 
     def _sparse_result(self, inputs: np.ndarray, frame_hw: tuple[int, int]) -> Result:
-        outputs, execution, crop = self._sparse.run(inputs)
+        with self._sync_lock:
+            outputs, execution, crop = self._sparse.run(inputs)
         result = replace(self._postprocess(outputs, frame_hw), execution=execution)
         if crop is None or execution == "dense":
             return result
@@ -340,23 +353,25 @@ class Detector:
     def run(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
         """Synchronous inference on a preprocessed input: {output name: array}, every output of
         the model (copies, safe to keep)."""
-        self._request.infer({0: inputs})
-        return self._outputs(self._request)
+        with self._sync_lock:
+            self._request.infer({0: inputs})
+            return self._outputs(self._request)
 
     def infer_async(self, frame: np.ndarray, userdata: Any = None) -> None:
         """Submits `frame`; a bad frame raises FrameError here, in the caller's thread."""
         inputs = preprocess(frame, self.input_hw)
-        index, self._submitted = self._submitted, self._submitted + 1
-        if self._sparse is None:
-            self._queue.start_async({0: inputs}, (index, frame.shape[:2], userdata))
-            return
-        try:
-            result = self._sparse_result(inputs, frame.shape[:2])
-        except Exception as e:  # anything: raised by wait_all(), as for asynchronous requests
-            result = None
-            with self._lock:
-                self._errors.append(e)
-        self._finish(index, userdata, result)
+        with self._submit_lock:
+            index, self._submitted = self._submitted, self._submitted + 1
+            if self._sparse is None:
+                self._queue.start_async({0: inputs}, (index, frame.shape[:2], userdata))
+                return
+            try:
+                result = self._sparse_result(inputs, frame.shape[:2])
+            except Exception as e:  # anything: raised by wait_all(), as for asynchronous requests
+                result = None
+                with self._lock:
+                    self._errors.append(e)
+            self._finish(index, userdata, result)
 
     def wait_all(self) -> None:
         self._queue.wait_all()
