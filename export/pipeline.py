@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Sequence
@@ -78,14 +80,63 @@ def check_replaceable(output: Path) -> None:
                           f"replaced: choose a new or empty folder")
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+
+
+def _work_prefix(output: Path) -> str:
+    """`.NAME.partial-HOST-PID-`: the owner of a work folder (and of the `.old-` one `publish` makes)
+    is in its name, so the folders of a process killed mid-export can be told from live ones."""
+    return f".{output.name}.partial-{_host()}-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process
+        return True
+    return True
+
+
+def clean_stale_work(output: Path) -> list[Path]:
+    """Removes the hidden work folders beside `output` left by dead exports of this machine (SIGKILL,
+    power loss) and returns them. Only folders named `.NAME.partial-HOST-PID-*` or `.NAME.old-HOST-PID-*`
+    of this host whose PID is not running are touched (never a symlink, another host's folder, a live
+    process's, or any other name). A stale `.old-` folder is the previous export of a run killed
+    between publish's two renames: it is moved back to `output` if `output` is absent, else removed."""
+    pattern = re.compile(rf"\.{re.escape(output.name)}\.(partial|old)-{re.escape(_host())}-(\d+)-[^/]+")
+    try:
+        entries = sorted(output.parent.iterdir(), key=lambda entry: ".old-" not in entry.name)  # .old- first
+    except OSError:
+        return []
+    cleaned = []
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if not match or entry.is_symlink() or not entry.is_dir() or _alive(int(match.group(2))):
+            continue
+        if match.group(1) == "old" and not output.exists() and is_previous_export(entry):
+            try:
+                os.rename(entry, output)
+                continue
+            except OSError:
+                pass
+        shutil.rmtree(entry, ignore_errors=True)
+        cleaned.append(entry)
+    return cleaned
+
+
 def prepare_output(output: str | os.PathLike) -> Path:
     """Creates the hidden work folder beside `output`; ExportError when that is impossible or when
-    `output` holds something that is not a previous export."""
+    `output` holds something that is not a previous export. The stale work folders of killed exports
+    are cleaned first (`clean_stale_work`): a work folder is only ever published by its own process."""
     output = Path(output)
+    clean_stale_work(output)
     check_replaceable(output)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+        work = Path(tempfile.mkdtemp(prefix=_work_prefix(output), dir=output.parent))
     except OSError as e:
         raise ExportError(f"cannot write the output folder {str(output)!r}: {e.strerror or e}") from None
     umask = os.umask(0)
