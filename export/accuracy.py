@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from babo_edge.calibration.coco import CocoDetection
 from babo_edge.export.parity import Outputs, Parity, Runner, compare_masks
+from babo_edge.ir_metadata import DETECTIONS, MASK
 from babo_edge.models.accounting import LayerCount, ReportAccumulator, figures
 from babo_edge.models.preprocess import to_model_input
 from babo_edge.train.evaluation import coco_detections, coco_metrics, instance_recall, recall_summary
@@ -68,9 +69,9 @@ def evaluate_runners(runners: dict[str, Runner], coco: CocoDetection, input_hw: 
         outputs = {name: run(batch) for name, run in runners.items()}
         for name, out in outputs.items():
             tally = tallies[name]
-            tally.detections += coco_detections(out["detections"], [sample.image_id], [sample.image.shape[:2]],
+            tally.detections += coco_detections(out[DETECTIONS], [sample.image_id], [sample.image.shape[:2]],
                                                 input_hw, coco.category_ids)
-            mask = out.get("mask")
+            mask = out.get(MASK)
             fg = None
             if mask is not None:
                 mask = mask[0, 0] > 0.5
@@ -79,7 +80,7 @@ def evaluate_runners(runners: dict[str, Runner], coco: CocoDetection, input_hw: 
                 image_hits, image_areas = instance_recall(sample.instance_masks, sample.iscrowd, mask)
                 tally.hits.append(image_hits)
                 tally.areas.append(image_areas)
-                compare_masks(tally.agreement, outputs[reference_name]["mask"], out["mask"])
+                compare_masks(tally.agreement, outputs[reference_name][MASK], out[MASK])
             if name in zero_counters:
                 tally.zeros.add(zero_counters[name](out), fg)
     return {name: _result(tally, coco, image_ids, name == reference_name) for name, tally in tallies.items()}

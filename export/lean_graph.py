@@ -25,6 +25,7 @@ import openvino as ov
 import openvino.opset13 as ops
 
 from babo_edge.export.mask_graph import find_mask_path
+from babo_edge.ir_metadata import MASK
 
 
 class RewriteError(ValueError):
@@ -48,7 +49,7 @@ def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
 def lean_graph(model: ov.Model) -> ov.Model:
     """`model` with the FP32 rewrite (the mask source) applied in place; a model without a mask
     is returned unchanged."""
-    if "mask" in {name for output in model.outputs for name in output.get_names()}:
+    if MASK in {name for output in model.outputs for name in output.get_names()}:
         lean_mask_source(model)
     return model
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import openvino as ov
 
+from babo_edge.ir_metadata import DETECTIONS, MASK
+
 CONVOLUTIONS = ("Convolution", "GroupConvolution")
 MASK_SOURCES = ("TopK", "ArgMax", "Greater")
 # Edges that carry shapes, not values: nothing behind them changes a value in front of them.
@@ -45,7 +47,7 @@ def output_node(model: ov.Model, name: str) -> ov.Node:
     raise ValueError(f"the model has no output {name!r}; outputs: {[o.get_any_name() for o in model.outputs]}")
 
 
-def find_mask_path(model: ov.Model, mask_output: str = "mask") -> MaskPath:
+def find_mask_path(model: ov.Model, mask_output: str = MASK) -> MaskPath:
     """The mask's source (up from the `mask` output to the TopK/ArgMax producing it), the ops
     between the OMG's convs and it, and everything downstream of it up to and including the
     Multiplies that apply it."""
@@ -78,14 +80,14 @@ def find_mask_path(model: ov.Model, mask_output: str = "mask") -> MaskPath:
     return MaskPath(logits, source, carriers, multiplies, scoring)
 
 
-def postprocessing_nodes(model: ov.Model, detections_output: str = "detections") -> list[ov.Node]:
+def postprocessing_nodes(model: ov.Model, detections_output: str = DETECTIONS) -> list[ov.Node]:
     """Every op the `detections` output is computed from after the last convolutions: head
     reshapes, scores, top-k, decoding, NMS and the gathers after it."""
     return _upstream([output_node(model, detections_output).input_value(0)],
                      stop=_is_convolution)
 
 
-def fake_quantizes_on_mask(model: ov.Model, mask_output: str = "mask") -> list[str]:
+def fake_quantizes_on_mask(model: ov.Model, mask_output: str = MASK) -> list[str]:
     """FakeQuantize nodes the mask passes through or is computed from: anything upstream of a
     masking Multiply's mask input or of the `mask` output, back to the OMG's convolutions.
     Empty when the mask reaches every conv exactly as the argmax produced it."""
@@ -96,7 +98,7 @@ def fake_quantizes_on_mask(model: ov.Model, mask_output: str = "mask") -> list[s
     return sorted(node.get_friendly_name() for node in upstream if node.get_type_name() == "FakeQuantize")
 
 
-def quantizers_not_keeping_zero(model: ov.Model, mask_output: str = "mask") -> list[str]:
+def quantizers_not_keeping_zero(model: ov.Model, mask_output: str = MASK) -> list[str]:
     """Ops between a masking Multiply and the conv behind it that would not give that conv exact
     zeros on the background. NNCF's form: a FakeQuantize for which 0 is not a quantization level
     (when 0 is a level it becomes the integer zero point, so the INT8 conv adds exactly nothing

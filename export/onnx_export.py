@@ -18,10 +18,11 @@ import onnx
 import torch
 from torch import nn
 
+from babo_edge.ir_metadata import BOX_DELTAS, CLS_LOGITS, DETECTIONS, INPUT, MASK
 from babo_edge.models.detector import BABODetector
 
 OPSET = 17
-INPUT_NAME = "image"
+INPUT_NAME = INPUT
 
 
 class ExportGraph(nn.Module):
@@ -42,8 +43,8 @@ class ExportGraph(nn.Module):
 
     @property
     def output_names(self) -> list[str]:
-        names = ["cls_logits", "box_deltas"] if self.raw else ["detections"]
-        return names + (["mask"] if self.has_mask else [])
+        names = [CLS_LOGITS, BOX_DELTAS] if self.raw else [DETECTIONS]
+        return names + ([MASK] if self.has_mask else [])
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.raw:
@@ -72,7 +73,7 @@ def export_onnx(model: BABODetector, input_hw: tuple[int, int], path: str | os.P
     example = torch.rand(2 if dynamic_batch else 1, 3, *input_hw, generator=torch.Generator().manual_seed(0)) * 255
     dynamic_axes = None
     if dynamic_batch:
-        dynamic_axes = {name: {0: "batch"} for name in [INPUT_NAME, *graph.output_names] if name != "detections"}
+        dynamic_axes = {name: {0: "batch"} for name in [INPUT_NAME, *graph.output_names] if name != DETECTIONS}
     with torch.no_grad(), warnings.catch_warnings():
         # Shape-dependent Python (sizes, pyramid levels, top-k) is meant to be constant in the graph.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)

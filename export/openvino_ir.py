@@ -1,10 +1,9 @@
 """ONNX -> OpenVINO model, its metadata, and IR files (FP32 / FP16).
 
-Metadata follows the OpenVINO Model API convention, `rt_info["model_info"][key]` as strings
-(lists space-separated, booleans "True"/"False"), so Model API, DL Streamer and our runtime
-read the same section. Preprocessing is embedded (`embedded_processing`): the graph takes RGB
-float 0..255 at `input_height` x `input_width`, resized without letterbox, and `mean_values` /
-`scale_values` are the normalisation the graph already applies, not steps for the caller.
+Metadata is `rt_info["model_info"][key]` as strings (the OpenVINO Model API convention), its
+keys declared once in `babo_edge.ir_metadata`, which the runtime reads with. The graph takes
+RGB float 0..255 at `input_height` x `input_width`, resized without letterbox, and normalises
+inside the graph (`normalization_mean` / `normalization_std` are stated, not caller steps).
 """
 from __future__ import annotations
 
@@ -16,15 +15,13 @@ from pathlib import Path
 import openvino as ov
 import torch
 
+from babo_edge import ir_metadata
 from babo_edge.export.lean_graph import lean_graph
+from babo_edge.ir_metadata import BLACKED_OUT_BACKGROUND, IR_FORMAT, MODEL_TYPE, IRMetadata
 from babo_edge.models.builders import ModelConfig
 from babo_edge.models.detector import BABODetector
 from babo_edge.models.profiling import profile
 from babo_edge.runtime.artifacts import PRECISIONS
-from babo_edge.runtime.detector import IR_FORMAT, MODEL_INFO, SUPPORTED_FORMAT_VERSIONS
-
-MODEL_TYPE = "babo_ssd"
-IR_FORMAT_VERSION = SUPPORTED_FORMAT_VERSIONS[-1]  # the newest the runtime reads
 FP32_HINT = {"INFERENCE_PRECISION_HINT": "f32"}  # the CPU plugin would otherwise run bf16/fp16 where it can
 
 
@@ -34,38 +31,34 @@ def convert(onnx_path: str | os.PathLike) -> ov.Model:
 
 
 def model_info(model: BABODetector, config: ModelConfig, class_names: list[str],
-               ov_model: ov.Model) -> dict[str, str]:
-    """The `model_info` entries of `ov_model`, exported from `model` (precision is added when
-    saving)."""
-    info = {
-        "model_type": MODEL_TYPE,
-        "format": IR_FORMAT,
-        "format_version": IR_FORMAT_VERSION,
-        # Model API splits labels on spaces.
-        "labels": " ".join(name.replace(" ", "_") for name in class_names),
-        "input_height": str(config.input_size[0]),
-        "input_width": str(config.input_size[1]),
-        "mean_values": _spaced(config.mean),
-        "scale_values": _spaced(config.std),
-        "reverse_input_channels": "False",
-        "color_space": "RGB",
-        "resize_type": "standard",
-        "embedded_processing": "True",
-        "confidence_threshold": str(config.postprocess.score_threshold),
-        "iou_threshold": str(config.postprocess.iou_threshold),
-        "pre_nms_top_k": str(config.postprocess.pre_nms_top_k),
-        "max_detections": str(config.postprocess.max_detections),
-        "model_config": json.dumps(config.to_dict()),
-        "tool_versions": json.dumps(tool_versions()),
-    }
-    if model.omg is not None:
-        omg_hw = config.omg_size or config.input_size
-        info["mask_input_height"], info["mask_input_width"] = str(omg_hw[0]), str(omg_hw[1])
+               ov_model: ov.Model) -> IRMetadata:
+    """The model_info of `ov_model`, exported from `model` (`precision` is added when saving,
+    `outputs` and `quantization` by the pipeline)."""
+    omg_hw = (config.omg_size or config.input_size) if model.omg is not None else (None, None)
+    return IRMetadata(
+        model_type=MODEL_TYPE,
+        format=IR_FORMAT,
+        format_version=ir_metadata.FORMAT_VERSION,
+        labels=tuple(name.replace(" ", "_") for name in class_names),
+        input_height=int(config.input_size[0]),
+        input_width=int(config.input_size[1]),
+        normalization_mean=tuple(float(v) for v in config.mean),
+        normalization_std=tuple(float(v) for v in config.std),
+        color_space="RGB",
+        resize_type="standard",
+        confidence_threshold=float(config.postprocess.score_threshold),
+        iou_threshold=float(config.postprocess.iou_threshold),
+        pre_nms_top_k=int(config.postprocess.pre_nms_top_k),
+        max_detections=int(config.postprocess.max_detections),
+        model_config=json.loads(json.dumps(config.to_dict())),  # as read back: lists, not tuples
+        tool_versions=tool_versions(),
+        convs=conv_table(model, ov_model, config.input_size),
+        mask_input_height=omg_hw[0],
+        mask_input_width=omg_hw[1],
         # Mask-aware post-processing: anchors on blacked-out cells score 0 before top-k and NMS,
         # so no detection comes from a background cell (sparse execution may skip them).
-        info["blacked_out_anchors"] = "background"
-    info["convs"] = json.dumps(conv_table(model, ov_model, config.input_size))
-    return info
+        blacked_out_anchors=BLACKED_OUT_BACKGROUND if model.omg is not None else None,
+    )
 
 
 def conv_table(model: BABODetector, ov_model: ov.Model, input_hw: tuple[int, int]) -> list[dict]:
@@ -148,9 +141,9 @@ def tool_versions() -> dict[str, str]:
             "nncf": nncf.__version__}
 
 
-def set_model_info(model: ov.Model, info: dict[str, str]) -> None:
-    for key, value in info.items():
-        model.set_rt_info(value, [MODEL_INFO, key])
+def set_model_info(model: ov.Model, info: IRMetadata | dict) -> None:
+    """Writes `info` (all of it, or the given declared keys) into the model_info of `model`."""
+    ir_metadata.write(model, info)
 
 
 def save_ir(model: ov.Model, xml_path: str | os.PathLike, precision: str) -> Path:
@@ -160,7 +153,7 @@ def save_ir(model: ov.Model, xml_path: str | os.PathLike, precision: str) -> Pat
         raise ValueError(f"unknown IR precision {precision!r}")
     xml_path = Path(xml_path)
     xml_path.parent.mkdir(parents=True, exist_ok=True)
-    model.set_rt_info(precision, [MODEL_INFO, "precision"])
+    ir_metadata.write(model, {"precision": precision})
     ov.save_model(model, str(xml_path), compress_to_fp16=precision == "fp16")
     return xml_path
 
@@ -168,7 +161,3 @@ def save_ir(model: ov.Model, xml_path: str | os.PathLike, precision: str) -> Pat
 def compile_fp32(model: ov.Model | str | os.PathLike, device: str = "CPU") -> ov.CompiledModel:
     """Compiled with f32 inference precision: parity against PyTorch needs no bf16 shortcuts."""
     return ov.Core().compile_model(model if isinstance(model, ov.Model) else str(model), device, FP32_HINT)
-
-
-def _spaced(values) -> str:
-    return " ".join(f"{v:g}" for v in values)

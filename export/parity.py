@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from babo_edge.export.onnx_export import INPUT_NAME, ExportGraph
+from babo_edge.ir_metadata import BOX_DELTAS, CLS_LOGITS, DETECTIONS, MASK
 from babo_edge.models.blackout import MaskPyramid
 from babo_edge.models.detector import BABODetector, BABOOutput
 
@@ -50,14 +51,14 @@ def decoding_runner(runner: Runner, model: BABODetector, input_hw: tuple[int, in
 
     def run(images: np.ndarray) -> Outputs:
         outputs = runner(images)
-        mask = outputs.get("mask")
+        mask = outputs.get(MASK)
         alive = None if mask is None else MaskPyramid(torch.from_numpy(mask)).anchor_alive(
             feature_hws, model.detector.anchors_per_location)
-        raw = BABOOutput(torch.from_numpy(outputs["cls_logits"]), torch.from_numpy(outputs["box_deltas"]),
+        raw = BABOOutput(torch.from_numpy(outputs[CLS_LOGITS]), torch.from_numpy(outputs[BOX_DELTAS]),
                          anchors, None, None, alive)
         with torch.no_grad():
             detections = model.decode(raw, input_hw)
-        return {**outputs, "detections": detections.numpy()}
+        return {**outputs, DETECTIONS: detections.numpy()}
     return run
 
 
@@ -139,9 +140,9 @@ def compare(reference: Runner, candidate: Runner, images: Iterable[np.ndarray]) 
         batch = np.ascontiguousarray(image.reshape(1, *image.shape[-3:]), dtype=np.float32)
         expected, actual = reference(batch), candidate(batch)
         parity.images += 1
-        _compare_detections(parity, expected["detections"], actual["detections"])
-        if "mask" in expected:
-            compare_masks(parity, expected["mask"], actual["mask"])
+        _compare_detections(parity, expected[DETECTIONS], actual[DETECTIONS])
+        if MASK in expected:
+            compare_masks(parity, expected[MASK], actual[MASK])
     return parity
 
 

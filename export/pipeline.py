@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -31,10 +31,11 @@ import numpy as np
 import openvino as ov
 
 from babo_edge.calibration.coco import CocoDetection
+from babo_edge.ir_metadata import DETECTIONS
 from babo_edge.export.options import ExportError, ExportOptions, export_config  # noqa: F401 (re-exported)
 from babo_edge.export.accuracy import SplitAccuracy, ap_of, evaluate_runners
 from babo_edge.export.onnx_export import export_onnx
-from babo_edge.export.openvino_ir import (MODEL_INFO, compile_fp32, convert, model_info, save_ir,
+from babo_edge.export.openvino_ir import (compile_fp32, convert, model_info, save_ir,
                                 set_model_info, tool_versions)
 from babo_edge.export.parity import (BINARY_MASK_ONLY, FP32_TOLERANCE, Runner, compare, decoding_runner,
                            onnxruntime_runner, openvino_runner, torch_runner)
@@ -199,7 +200,7 @@ def _export(model, checkpoint, checkpoint_path, work: Path, calibration, validat
     with timer("convert"):
         ov_model = convert(onnx_path)
         info = model_info(model, config, checkpoint.class_names, ov_model)
-        info["outputs"] = "raw" if options.raw_outputs else "detections"
+        info = replace(info, outputs="raw" if options.raw_outputs else DETECTIONS)
         set_model_info(ov_model, info)
         irs = {precision: save_ir(ov_model, ir_path(work, precision), precision)
                for precision in ("fp32", "fp16") if precision in options.precisions}
@@ -223,7 +224,7 @@ def _export(model, checkpoint, checkpoint_path, work: Path, calibration, validat
         with timer("int8"):
             int8 = _quantize(ov_model, calibration, validation, input_hw, options, decoded)
             report["quantization"] = int8.summary
-            int8.model.set_rt_info(json.dumps(int8.summary), [MODEL_INFO, "quantization"])
+            set_model_info(int8.model, {"quantization": int8.summary})
             irs["int8"] = save_ir(int8.model, ir_path(work, "int8"), "int8")
         models["int8"] = int8.model
         runners["int8"] = decoded(openvino_runner(ov.Core().compile_model(int8.model, "CPU")))

@@ -27,6 +27,7 @@ from babo_edge.calibration.coco import CocoDetection
 from babo_edge.calibration.folder import ImageFolder
 from babo_edge.calibration.synthetic import ensure_default_dataset, split_files
 from babo_edge.export.lean_graph import integer_mask_multiplies
+from babo_edge.ir_metadata import MASK
 from babo_edge.export.mask_graph import (fake_quantizes_on_mask, find_mask_path, output_node,
                                postprocessing_nodes, quantizers_not_keeping_zero)
 from babo_edge.models.preprocess import to_model_input
@@ -75,7 +76,7 @@ def ignored_scope(model: ov.Model) -> nncf.IgnoredScope:
     (NNCF expands it into all simple paths between its ends, which is this same set); NNCF
     validates every name (validate=True)."""
     nodes = list(postprocessing_nodes(model))
-    if _has_output(model, "mask"):
+    if _has_output(model, MASK):
         nodes += find_mask_path(model).nodes()
     return nncf.IgnoredScope(names=sorted({node.get_friendly_name() for node in nodes}), validate=True)
 
@@ -120,7 +121,7 @@ def lean_int8(model: ov.Model) -> None:
     """Checks NNCF's model (the rewrite relies on an exactly binary mask), rewrites its masking
     into the integer form in place and checks the result."""
     check_mask_exact(model)
-    if _has_output(model, "mask"):
+    if _has_output(model, MASK):
         integer_mask_multiplies(model)
         check_mask_exact(model)
 
@@ -128,7 +129,7 @@ def lean_int8(model: ov.Model) -> None:
 def check_mask_exact(model: ov.Model) -> None:
     """Raises MaskQuantizedError if a FakeQuantize sits on the mask path or a conv input
     quantizer would not map the blacked-out zeros to zero."""
-    if not _has_output(model, "mask"):
+    if not _has_output(model, MASK):
         return
     on_mask = fake_quantizes_on_mask(model)
     if on_mask:

@@ -1,7 +1,7 @@
 """A babo-edge OpenVINO IR run on camera frames, torch-free (openvino, numpy, cv2, stdlib).
 
 Everything the runtime needs is in the IR: labels, input size and thresholds come from its
-`rt_info["model_info"]` (written by export/openvino_ir.py), normalisation and post-processing
+`rt_info["model_info"]` (the contract of babo_edge/ir_metadata.py), normalisation and post-processing
 (NMS included) are inside the graph. Frames are OpenCV images (uint8 gray, BGR or BGRA); the
 graph wants RGB float 0..255 at its input size, resized without letterbox; boxes come back
 in frame pixels. Pre- and post-processing are module-level functions so that other runtime
@@ -22,16 +22,14 @@ import cv2
 import numpy as np
 import openvino as ov
 
+from babo_edge import ir_metadata
+from babo_edge.ir_metadata import DETECTIONS, MASK, RAW_OUTPUTS, IRMetadata, MetadataError
 from babo_edge.models.preprocess import to_model_input
 from babo_edge.runtime.devices import DeviceError, check_static_for_npu, resolve_device
 from babo_edge.runtime.sparse import SparseError, SparseRunner
 
-MODEL_INFO = "model_info"
-IR_FORMAT = "babo-edge-ir"
-SUPPORTED_FORMAT_VERSIONS = ("1",)
 HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
 EXECUTIONS = ("dense", "roi", "auto")
-RAW_OUTPUTS = ("cls_logits", "box_deltas")
 _TO_RGB = {1: cv2.COLOR_GRAY2RGB, 3: cv2.COLOR_BGR2RGB, 4: cv2.COLOR_BGRA2RGB}
 
 
@@ -43,18 +41,7 @@ class FrameError(ValueError):
     """A frame that is not a uint8 gray, BGR or BGRA image."""
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    """The parsed `model_info` of an IR; `entries` keeps every entry as written (e.g. "convs")."""
-
-    labels: tuple[str, ...]
-    input_hw: tuple[int, int]
-    mask_input_hw: tuple[int, int] | None  # None: vanilla model, no OMG
-    confidence_threshold: float
-    precision: str | None  # "fp32", "fp16", "int8"; None for a model never saved as IR
-    model_type: str
-    format_version: int
-    entries: Mapping[str, str] = field(repr=False)
+ModelInfo = IRMetadata  # the parsed model_info of an IR (babo_edge.ir_metadata)
 
 
 @dataclass(frozen=True)
@@ -121,13 +108,13 @@ def postprocess(outputs: Mapping[str, np.ndarray], frame_hw: tuple[int, int], in
     """The graph's outputs for one image ({"detections": (K, 7), "mask": (1, 1, h, w)}; other
     outputs are ignored) -> a Result with scores of at least `threshold`, boxes scaled from
     model-input to frame pixels. Copies what it keeps, so `outputs` may be request buffers."""
-    detections = outputs["detections"]
+    detections = outputs[DETECTIONS]
     detections = detections[(detections[:, 0] == 0) & (detections[:, 2] >= threshold)]
     detections = detections[np.argsort(-detections[:, 2], kind="stable")]
     (frame_h, frame_w), (input_h, input_w) = frame_hw, input_hw
     scale = np.array([frame_w / input_w, frame_h / input_h] * 2, dtype=np.float32)
     boxes = np.clip(detections[:, 3:7] * scale, 0, [frame_w, frame_h, frame_w, frame_h]).astype(np.float32)
-    mask = outputs.get("mask")
+    mask = outputs.get(MASK)
     return Result(boxes=boxes, labels=detections[:, 1].astype(np.int64), scores=detections[:, 2].astype(np.float32),
                   classes=tuple(labels), frame_hw=(int(frame_h), int(frame_w)),
                   mask=None if mask is None else mask[0, 0].astype(np.uint8))
@@ -155,40 +142,16 @@ def read_ir(xml_path: str | os.PathLike, core: ov.Core) -> ov.Model:
 
 def read_model_info(model: ov.Model) -> dict[str, str]:
     """The `model_info` entries of `model` as strings ({} when it has none)."""
-    if not model.has_rt_info([MODEL_INFO]):
-        return {}
-    return {key: model.get_rt_info([MODEL_INFO, key]).astype(str)
-            for key in model.get_rt_info([MODEL_INFO]).astype(dict)}
+    return ir_metadata.read_entries(model)
 
 
 def parse_model_info(entries: Mapping[str, str], source: str) -> ModelInfo:
-    """Checks the format and version, and parses what the runtime uses."""
-    if entries.get("format") != IR_FORMAT:
-        found = f"model_info format {entries['format']!r}" if "format" in entries else "no model_info format"
-        raise ModelError(f"{source}: not a babo-edge IR ({found}); export it with export/to_ir.py")
-    if entries.get("format_version") not in SUPPORTED_FORMAT_VERSIONS:
-        raise ModelError(f"{source}: babo-edge IR format version {entries.get('format_version')} is not "
-                         f"supported by this runtime (supported: {', '.join(SUPPORTED_FORMAT_VERSIONS)})")
-
-    def entry(key: str, parse: Callable[[str], Any]):
-        try:
-            return parse(entries[key])
-        except KeyError:
-            raise ModelError(f"{source}: model_info has no {key!r}") from None
-        except ValueError:
-            raise ModelError(f"{source}: model_info {key!r} = {entries[key]!r} is malformed") from None
-
-    has_mask = "mask_input_height" in entries
-    return ModelInfo(
-        labels=tuple(entry("labels", str.split)),
-        input_hw=(entry("input_height", int), entry("input_width", int)),
-        mask_input_hw=(entry("mask_input_height", int), entry("mask_input_width", int)) if has_mask else None,
-        confidence_threshold=entry("confidence_threshold", float),
-        precision=entries.get("precision"),
-        model_type=entry("model_type", str),
-        format_version=entry("format_version", int),
-        entries=dict(entries),
-    )
+    """Checks the format and version and parses every declared key (`ir_metadata.parse`);
+    a one-line ModelError naming `source` otherwise."""
+    try:
+        return ir_metadata.parse(entries)
+    except MetadataError as e:
+        raise ModelError(f"{source}: {e}") from None
 
 
 def check_graph(model: ov.Model, info: ModelInfo, source: str) -> None:
@@ -198,8 +161,8 @@ def check_graph(model: ov.Model, info: ModelInfo, source: str) -> None:
     if outputs & set(RAW_OUTPUTS):
         raise ModelError(f"{source}: raw-mode IR (outputs {', '.join(RAW_OUTPUTS)}) is not supported by the "
                          f"runtime yet; export it without raw mode (post-processing in the graph)")
-    if "detections" not in outputs:
-        raise ModelError(f"{source}: the IR has no 'detections' output (outputs: {', '.join(sorted(outputs))})")
+    if DETECTIONS not in outputs:
+        raise ModelError(f"{source}: the IR has no {DETECTIONS!r} output (outputs: {', '.join(sorted(outputs))})")
     if len(model.inputs) != 1:
         raise ModelError(f"{source}: expected one image input, the IR has {len(model.inputs)}")
     shape = model.inputs[0].get_partial_shape()
@@ -306,7 +269,7 @@ class Detector:
             return None
         if self.info.mask_input_hw is None:
             raise ModelError(f"{source}: {execution} execution needs a BABO IR (this one has no mask)")
-        if self.info.entries.get("blacked_out_anchors") != "background":
+        if not self.info.mask_aware:
             raise ModelError(f"{source}: {execution} execution needs mask-aware post-processing (model_info "
                              f"blacked_out_anchors = background); re-export it with export/to_ir.py")
         try:

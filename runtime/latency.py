@@ -34,7 +34,8 @@ from tqdm import tqdm
 
 from babo_edge.models.accounting import figures
 from babo_edge.runtime.artifacts import EXPORT_SUFFIX, IR_FILE, PRECISIONS, ZOO, default_export_dir, ir_path
-from babo_edge.runtime.detector import Detector, compile_config, openvino_message, preprocess, read_ir, read_model_info
+from babo_edge.runtime.detector import (Detector, compile_config, openvino_message, parse_model_info, preprocess, read_ir,
+                                        read_model_info)
 from babo_edge.runtime.sparsity import SparsityCounter, instrument, measure_overhead
 
 SCHEMA = "babo-edge/benchmark"
@@ -457,7 +458,7 @@ def compare_executions(targets: Sequence[Target], scenes: dict[str, Sequence[np.
     detectors = []
     for target in targets:
         model = read_ir(target.xml, core)
-        babo = "mask_input_height" in read_model_info(model)
+        babo = parse_model_info(read_model_info(model), str(target.xml)).mask_input_hw is not None
         for execution in executions if babo else ("dense",):
             detectors.append((target, execution, Detector(model, device, hint="LATENCY", num_requests=1, core=core,
                                                           execution=execution)))

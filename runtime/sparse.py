@@ -33,6 +33,7 @@ import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
 
+from babo_edge.ir_metadata import DETECTIONS, MASK
 ROI_STRIDE = 32
 CONVOLUTIONS = ("Convolution", "GroupConvolution")
 # Ops whose output at a location reads only that location (or, for convs and pools, the aligned
@@ -85,8 +86,8 @@ class SparsePlan:
         self.cell_levels = int(math.log2(ROI_STRIDE))
         if min(self.input_hw) <= ROI_STRIDE:
             raise SparseError(f"input {self.input_hw} is too small for ROI execution (needs > {ROI_STRIDE} px)")
-        self.omg = self._projected(model.clone(), ("mask",), "babo_omg")  # the OMG alone
-        self.dense = self._projected(model.clone(), ("detections", "mask"), "babo_dense")
+        self.omg = self._projected(model.clone(), (MASK,), "babo_omg")  # the OMG alone
+        self.dense = self._projected(model.clone(), (DETECTIONS, MASK), "babo_dense")
         self.detector = self._detector(model.clone())
         self._ops = self.detector.get_ordered_ops()
         self._cuts = self._find_cuts()
@@ -99,7 +100,7 @@ class SparsePlan:
     def _projected(model: ov.Model, keep: tuple[str, ...], name: str) -> ov.Model:
         """`model`'s `keep` outputs plus the mask's row and column maxima (`mask_rows`,
         `mask_cols`): the host finds the box in H + W values instead of H x W."""
-        mask = _result_of(model, "mask").input_value(0)
+        mask = _result_of(model, MASK).input_value(0)
         rows = ops.reduce_max(mask, ops.constant(np.array([0, 1, 3], np.int64)), keep_dims=False)
         cols = ops.reduce_max(mask, ops.constant(np.array([0, 1, 2], np.int64)), keep_dims=False)
         projections = [ops.result(rows), ops.result(cols)]
@@ -113,7 +114,7 @@ class SparsePlan:
     @staticmethod
     def _detector(model: ov.Model) -> ov.Model:
         """The detector on a given mask: the `mask` output's value replaced by a parameter."""
-        mask = _result_of(model, "mask").input_value(0)
+        mask = _result_of(model, MASK).input_value(0)
         parameter = ops.parameter(mask.get_partial_shape(), mask.get_element_type(), name=MASK_INPUT)
         parameter.output(0).get_tensor().set_names({MASK_INPUT})
         for target in list(mask.get_target_inputs()):
@@ -121,7 +122,7 @@ class SparsePlan:
                 target.replace_source_output(parameter.output(0))
         image = model.get_parameters()[0]
         try:
-            detector = ov.Model([_result_of(model, "detections")], [image, parameter], "babo_detector")
+            detector = ov.Model([_result_of(model, DETECTIONS)], [image, parameter], "babo_detector")
         except RuntimeError:
             raise SparseError("the detections depend on the OMG other than through its mask") from None
         detector.validate_nodes_and_infer_types()
@@ -220,7 +221,7 @@ class SparsePlan:
                 pasted[key] = self._paste(fine_ops[cut.producer].output(cut.port), full, cut.level,
                                           indices, row, col, crop_hw)
             coarse_ops[cut.consumer].input(cut.input).replace_source_output(pasted[key])
-        roi = ov.Model([_result_of(coarse, "detections")], [image, mask, coarse_mask, offset], f"babo_roi_{crop_h}x{crop_w}")
+        roi = ov.Model([_result_of(coarse, DETECTIONS)], [image, mask, coarse_mask, offset], f"babo_roi_{crop_h}x{crop_w}")
         roi.validate_nodes_and_infer_types()
         return roi
 
@@ -295,7 +296,7 @@ class SparseRunner:
         self.core, self.device, self.config = core, device, config
         self.execution = execution
         self._omg = core.compile_model(self.plan.omg, device, config).create_infer_request()
-        self._mask = self._omg.get_tensor("mask")
+        self._mask = self._omg.get_tensor(MASK)
         self._detector = self._with_mask(core.compile_model(self.plan.detector, device, config).create_infer_request())
         self._rois: dict[tuple[int, int], ov.InferRequest] = {}
         self._full = core.compile_model(self.plan.dense, device, config).create_infer_request() \
@@ -320,12 +321,12 @@ class SparseRunner:
         crop = crop_of(request.get_tensor("mask_rows").data, request.get_tensor("mask_cols").data, self.plan.input_hw)
         area = None if crop is None else crop[2] * crop[3] / (self.plan.input_hw[0] * self.plan.input_hw[1])
         self._previous_area = area
-        outputs = {"mask": request.get_tensor("mask").data.copy()}
+        outputs = {MASK: request.get_tensor(MASK).data.copy()}
         if not first:
-            outputs["detections"] = request.get_tensor("detections").data.copy()
+            outputs[DETECTIONS] = request.get_tensor(DETECTIONS).data.copy()
             return outputs, "dense", crop
         if crop is None:
-            outputs["detections"] = np.zeros((0, 7), np.float32)
+            outputs[DETECTIONS] = np.zeros((0, 7), np.float32)
             return outputs, "empty", None
         y0, x0, h, w = crop
         if (h, w) == self.plan.input_hw or (self.cost is not None and not self.cost.prefers_roi(area)):
@@ -335,8 +336,8 @@ class SparseRunner:
             request, execution = self.roi_request((h, w)), "roi"
             request.get_tensor(OFFSET_INPUT).data[:] = (y0 // ROI_STRIDE, x0 // ROI_STRIDE)
             request.infer({IMAGE_CROP: inputs[..., y0:y0 + h, x0:x0 + w],
-                           MASK_CROP: outputs["mask"][..., y0:y0 + h, x0:x0 + w]})
-        outputs["detections"] = request.get_tensor("detections").data.copy()
+                           MASK_CROP: outputs[MASK][..., y0:y0 + h, x0:x0 + w]})
+        outputs[DETECTIONS] = request.get_tensor(DETECTIONS).data.copy()
         return outputs, execution, crop
 
     def _measure(self, repeats: int) -> CostModel:

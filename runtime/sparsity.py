@@ -23,7 +23,6 @@ Torch-free on purpose (openvino, numpy and models.accounting only): it runs on t
 """
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from collections.abc import Mapping
@@ -33,20 +32,22 @@ import openvino as ov
 import openvino.opset13 as ops
 
 from babo_edge.models.accounting import ConvLayer, LayerCount, ReportAccumulator, format_report
-from babo_edge.runtime.detector import MODEL_INFO
+from babo_edge import ir_metadata
+from babo_edge.ir_metadata import MASK, SECTION
 
-CONVS_KEY = "convs"
+CONVS_KEY = "convs"  # declared in babo_edge.ir_metadata
 ZEROS_PREFIX = "zeros/"
-MASK_OUTPUT = "mask"
+MASK_OUTPUT = MASK
 CONVOLUTIONS = ("Convolution", "GroupConvolution")
 COUNT_TYPE = ov.Type.i32
 
 
 def conv_table(model: ov.Model) -> list[dict]:
     """The IR's conv list ({"node", "name", "network", "block"}, in PyTorch execution order)."""
-    if not model.has_rt_info([MODEL_INFO, CONVS_KEY]):
-        raise ValueError("the IR has no model_info 'convs' table: re-export it with export/ to count sparsity")
-    return json.loads(model.get_rt_info([MODEL_INFO, CONVS_KEY]).astype(str))
+    table = ir_metadata.read_entry(model, CONVS_KEY)
+    if table is None:
+        raise ValueError(f"the IR has no {SECTION} {CONVS_KEY!r} table: re-export it with export/ to count sparsity")
+    return table
 
 
 def conv_nodes(model: ov.Model) -> list[tuple[dict, ov.Node]]:

@@ -1,5 +1,6 @@
 """ONNX / OpenVINO IR / NNCF INT8 export: parity with PyTorch, metadata, and the exact mask."""
 import json
+from dataclasses import replace
 from types import SimpleNamespace
 
 import nncf
@@ -10,6 +11,7 @@ import openvino.opset13 as ops
 import pytest
 import torch
 
+from babo_edge import ir_metadata
 from babo_edge.export import lean_graph, mask_graph, openvino_ir, parity, quantize
 from babo_edge.export.onnx_export import anchors_path, export_onnx
 from babo_edge.models.builders import ModelConfig, build_model
@@ -102,13 +104,19 @@ def test_bilinear_matrix_is_torch_bilinear_upsampling(in_size, out_size):
 
 
 def test_model_info_round_trips_through_the_xml(model, exported):
-    info = read_model_info(ov.Core().read_model(str(exported.xml)))
-    assert info == {**exported.info, "precision": "fp32"}
-    assert info["labels"] == "red_disc square triangle"
-    assert (info["input_height"], info["mask_input_width"]) == ("128", "64")
-    assert info["reverse_input_channels"] == "False" and info["color_space"] == "RGB"
-    assert ModelConfig.from_dict(json.loads(info["model_config"])) == CONFIG
-    convs = json.loads(info["convs"])
+    entries = read_model_info(ov.Core().read_model(str(exported.xml)))
+    info = ir_metadata.parse(entries)
+    assert info == replace(exported.info, precision="fp32")
+    # Every declared key is written, but the INT8 summary (an FP32 IR); no Model API key with another meaning.
+    assert set(entries) == set(ir_metadata.KEYS) - {"quantization"}
+    assert not {"mean_values", "scale_values", "embedded_processing", "reverse_input_channels"} & set(entries)
+    assert entries["labels"] == "red_disc square triangle" and info.labels == ("red_disc", "square", "triangle")
+    assert (entries["input_height"], entries["mask_input_width"]) == ("128", "64")
+    assert info.input_hw == (128, 128) and info.mask_input_hw == (64, 64) and info.color_space == "RGB"
+    assert (info.normalization_mean, info.normalization_std) == (CONFIG.mean, CONFIG.std)
+    assert info.format_version == ir_metadata.FORMAT_VERSION and info.mask_aware
+    assert ModelConfig.from_dict(json.loads(entries["model_config"])) == ModelConfig.from_dict(info.model_config) == CONFIG
+    convs = info.convs
     run = profile(model, torch.zeros(1, 3, *CONFIG.input_size)).counts[0]
     assert [(c["name"], c["network"], c["block"]) for c in convs] == [
         (count.layer.name, count.layer.network, count.layer.block) for count in run]
@@ -250,6 +258,8 @@ def test_vanilla_model_exports_without_mask(tmp_path, images):
     assert [output.get_any_name() for output in ov_model.outputs] == ["detections"]
     scope = quantize.ignored_scope(ov_model)
     assert any("NonMaxSuppression" in node.get_type_name() for node in mask_graph.postprocessing_nodes(ov_model))
-    assert scope.names and "mask_input_height" not in openvino_ir.model_info(vanilla, config, CLASS_NAMES, ov_model)
+    vanilla_info = openvino_ir.model_info(vanilla, config, CLASS_NAMES, ov_model)
+    assert scope.names and vanilla_info.mask_input_hw is None and not vanilla_info.mask_aware
+    assert "mask_input_height" not in ir_metadata.to_entries(vanilla_info)
     # without a mask the ignored scope is the post-processing alone: every conv gets quantized
     assert set(scope.names) == {node.get_friendly_name() for node in mask_graph.postprocessing_nodes(ov_model)}

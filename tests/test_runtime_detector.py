@@ -14,6 +14,7 @@ import torch
 from babo_edge.export import openvino_ir, parity
 from babo_edge.export.onnx_export import export_onnx
 from babo_edge.models.builders import build_model
+from babo_edge import ir_metadata
 from babo_edge.runtime.detector import (Detector, FrameError, ModelError, Result, postprocess, preprocess,
                               read_model_info)
 from babo_edge.runtime.devices import DeviceError, check_static_for_npu, resolve_device
@@ -80,7 +81,8 @@ def test_results_match_pytorch_in_frame_pixels(model, detector, frames):
 def test_metadata_comes_from_the_ir(detector):
     assert detector.labels == ("red_disc", "square", "triangle")
     assert detector.input_hw == (128, 128) and detector.info.mask_input_hw == (64, 64)
-    assert (detector.info.precision, detector.info.model_type, detector.info.format_version) == ("fp32", "babo_ssd", 1)
+    assert (detector.info.precision, detector.info.model_type, detector.info.format_version) == (
+        "fp32", "babo_ssd", ir_metadata.FORMAT_VERSION)
     assert detector.score_threshold == detector.info.confidence_threshold == 0.05
     assert detector.device == "CPU" and isinstance(detector.compiled, ov.CompiledModel)
 
@@ -267,6 +269,9 @@ def with_info(model: ov.Model, **changes) -> ov.Model:
     ({"format": "other-ir"}, "not a babo-edge IR .*'other-ir'"),
     ({"format": None}, "not a babo-edge IR \\(no model_info format\\)"),
     ({"format_version": "99"}, "format version 99 is not supported"),
+    # Version 1 used Model API names with other meanings (mean_values, embedded_processing): re-export.
+    ({"format_version": "1"}, "format version 1 is not supported .*re-export it with export/to_ir.py"),
+    ({"confidence_threshold": "high"}, "'confidence_threshold' = 'high' is malformed"),
     ({"labels": None}, "model_info has no 'labels'"),
     ({"input_height": "wide"}, "'input_height' = 'wide' is malformed"),
     ({"input_height": "256"}, "does not match model_info size \\(256, 128\\)"),
