@@ -29,6 +29,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from babo_edge.errors import BaboError
+
 
 SECTION = "model_info"  # rt_info[SECTION][key]
 IR_FORMAT = "babo-edge-ir"
@@ -46,7 +48,7 @@ OUTPUT_MODES = (DETECTIONS, "raw")  # values of the `outputs` key
 BLACKED_OUT_BACKGROUND = "background"  # value of `blacked_out_anchors`
 
 
-class MetadataError(ValueError):
+class MetadataError(BaboError, ValueError):
     """model_info that is not a babo-edge IR's, of another version, or malformed (one line)."""
 
 

@@ -3,10 +3,12 @@ import argparse
 import time
 from pathlib import Path
 
+from babo_edge.errors import run_cli
 from babo_edge.calibration import synthetic
 
 
-def main(argv: list[str] | None = None) -> None:
+@run_cli
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: the package's dataset cache)")
     parser.add_argument("--seed", type=int, default=synthetic.DEFAULT_SEED)
@@ -33,7 +35,8 @@ def main(argv: list[str] | None = None) -> None:
         for split, stats in splits.items()
     )
     print(f"{out_dir}: {summary}; {elapsed:.1f} s")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -24,11 +24,12 @@ import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
 
+from babo_edge.errors import BaboError
 from babo_edge.export.mask_graph import find_mask_path
 from babo_edge.ir_metadata import MASK
 
 
-class RewriteError(ValueError):
+class RewriteError(BaboError, ValueError):
     """The graph does not have the structure a rewrite expects."""
 
 

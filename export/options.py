@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from babo_edge.errors import BaboError
 from babo_edge.runtime.artifacts import PRECISIONS
 
 if TYPE_CHECKING:
@@ -15,7 +16,7 @@ SIZE_STEP = 32  # the detector's output stride: sizes that are not multiples get
 SIZE_RANGE = (64, 2048)
 
 
-class ExportError(RuntimeError):
+class ExportError(BaboError, RuntimeError):
     """A one-line reason the export cannot start or finish."""
 
 

@@ -23,6 +23,7 @@ import nncf
 import numpy as np
 import openvino as ov
 
+from babo_edge.errors import BaboError
 from babo_edge.calibration.coco import CocoDetection
 from babo_edge.calibration.folder import ImageFolder
 from babo_edge.calibration.synthetic import ensure_default_dataset, split_files
@@ -34,7 +35,7 @@ from babo_edge.models.preprocess import to_model_input
 
 
 
-class MaskQuantizedError(RuntimeError):
+class MaskQuantizedError(BaboError, RuntimeError):
     """The INT8 model would no longer black out exactly."""
 
 

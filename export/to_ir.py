@@ -16,6 +16,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from babo_edge.errors import run_cli
 from babo_edge.export.options import PRESETS, ExportError, ExportOptions
 from babo_edge.models.cli import choice_list, positive_int
 from babo_edge.runtime.artifacts import PRECISIONS, default_export_dir
@@ -79,27 +80,23 @@ def open_validation(args: argparse.Namespace, class_names: list[str], model):
     return validation
 
 
+@run_cli
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # The stages' heavy imports (torch, openvino, nncf) only now: --help and argument errors stay fast.
     import nncf
 
-    from babo_edge.calibration.errors import DatasetError
     from babo_edge.export.pipeline import REPORT_FILE, export_all, export_config, format_summary, prepare_output
-    from babo_edge.export.quantize import CalibrationImages, MaskQuantizedError
-    from babo_edge.models.checkpoint import CheckpointError, load_model
+    from babo_edge.export.quantize import CalibrationImages
+    from babo_edge.models.checkpoint import load_model
 
     nncf.set_log_level(logging.WARNING)
-    try:
-        model, checkpoint = load_model(args.checkpoint)
-        config = export_config(checkpoint.config, args.input_size)
-        calibration = CalibrationImages(config.input_size, args.subset_size, args.calib)
-        validation = open_validation(args, checkpoint.class_names, model)
-        output = args.output or default_export_dir(args.checkpoint)
-        work = prepare_output(output)
-    except (CheckpointError, DatasetError, ExportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    model, checkpoint = load_model(args.checkpoint)
+    config = export_config(checkpoint.config, args.input_size)
+    calibration = CalibrationImages(config.input_size, args.subset_size, args.calib)
+    validation = open_validation(args, checkpoint.class_names, model)
+    output = args.output or default_export_dir(args.checkpoint)
+    work = prepare_output(output)
     if calibration.available < args.subset_size:
         print(f"warning: {calibration.available} calibration images found, {args.subset_size} asked for; "
               f"calibrating on {calibration.available}", file=sys.stderr)
@@ -112,9 +109,6 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("ignore", UserWarning)  # exporter notes on traced shape arithmetic
             report = export_all(model, checkpoint, args.checkpoint, output, calibration, validation, config,
                                 options, work=work)
-    except (DatasetError, MaskQuantizedError, ExportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"\ninterrupted: nothing written to {output}", file=sys.stderr)
         return 130

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from babo_edge.errors import BaboError
 from babo_edge.models.builders import ModelConfig, build_model
 from babo_edge.files import atomic_write
 from babo_edge.models.detector import BABODetector
@@ -24,7 +25,7 @@ FORMAT = "babo-edge-checkpoint"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(BaboError, ValueError):
     """A checkpoint that cannot be used; the message is one line naming the file."""
 
 

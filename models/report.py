@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from babo_edge.errors import run_cli
 from babo_edge.models.accounting import format_report
 from babo_edge.models.cli import parse_size, write_json
 
@@ -83,6 +84,7 @@ def format_paper_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+@run_cli(also=(ValueError, OSError))
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", choices=ARCHITECTURES, default="mnv2-ssdlite")
@@ -103,32 +105,28 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from babo_edge.models.builders import ModelConfig, build_model
-    from babo_edge.models.checkpoint import CheckpointError, load_model
+    from babo_edge.models.checkpoint import load_model
     from babo_edge.models.preprocess import to_model_input
     from babo_edge.models.profiling import mac_report
 
-    try:
-        if args.paper_table:
-            rows = paper_table()
-            print(format_paper_table(rows))
-            if args.json:
-                write_json(args.json, rows)
-            return 0
-        if args.ckpt:
-            model, ckpt = load_model(args.ckpt)
-            config = ckpt.config
-        else:
-            h, w = args.input_size
-            config = ModelConfig(arch=args.arch, width=args.width, num_classes=args.num_classes,
-                                 input_size=args.input_size, omg=not args.no_omg,
-                                 omg_size=None if args.no_omg else (args.omg_size or (h // 2, w // 2)))
-            model = build_model(config).eval()
-            print("note: randomly initialised weights (no --ckpt): GMAC is exact, GMAC* and zeros% "
-                  "only show what ReLU does on untrained weights", file=sys.stderr)
-        image = load_image(args.image)
-    except (CheckpointError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.paper_table:
+        rows = paper_table()
+        print(format_paper_table(rows))
+        if args.json:
+            write_json(args.json, rows)
+        return 0
+    if args.ckpt:
+        model, ckpt = load_model(args.ckpt)
+        config = ckpt.config
+    else:
+        h, w = args.input_size
+        config = ModelConfig(arch=args.arch, width=args.width, num_classes=args.num_classes,
+                             input_size=args.input_size, omg=not args.no_omg,
+                             omg_size=None if args.no_omg else (args.omg_size or (h // 2, w // 2)))
+        model = build_model(config).eval()
+        print("note: randomly initialised weights (no --ckpt): GMAC is exact, GMAC* and zeros% "
+              "only show what ReLU does on untrained weights", file=sys.stderr)
+    image = load_image(args.image)
     batch = torch.from_numpy(to_model_input(image, config.input_size))[None]
     meta = {"config": config.to_dict(), "image": args.image or "skimage.data.astronaut",
             "checkpoint": args.ckpt}

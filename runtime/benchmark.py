@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 
-from babo_edge.calibration.errors import DatasetError
+from babo_edge.errors import run_cli
 from babo_edge.models.cli import choice_list, positive_int, write_json
-from babo_edge.runtime.detector import EXECUTIONS, ModelError
-from babo_edge.runtime.devices import DeviceError, resolve_device
+from babo_edge.runtime.detector import EXECUTIONS
+from babo_edge.runtime.devices import resolve_device
 from babo_edge.runtime.artifacts import PRECISIONS
 from babo_edge.runtime.latency import (BenchmarkError, Settings, compare_executions, compare_to_baseline,
                              default_model_folders, format_executions, format_table, load_val_frames,
@@ -95,6 +95,7 @@ def model_paths(args: argparse.Namespace) -> list[Path]:
     return present
 
 
+@run_cli
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     core = ov.Core()
@@ -115,9 +116,6 @@ def main(argv: list[str] | None = None) -> int:
         frames = load_val_frames(args.frames, args.data)
         settings = Settings(device=device, frames=args.frames, duration=args.duration)
         report = run_benchmark(targets, frames, settings, args.pytorch, core)
-    except (BenchmarkError, DatasetError, DeviceError, ModelError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130

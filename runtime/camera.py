@@ -42,6 +42,7 @@ import cv2
 import numpy as np
 import openvino as ov
 
+from babo_edge.errors import BaboError
 from babo_edge.calibration.errors import ImageReadError
 from babo_edge.calibration.images import read_image
 from babo_edge.models.accounting import LayerCount, conv_macs
@@ -64,11 +65,11 @@ PALETTE_BGR = ((56, 56, 255), (31, 112, 255), (29, 178, 255), (49, 210, 207), (1
                (187, 212, 0), (255, 194, 0), (255, 56, 132), (200, 149, 255), (133, 0, 82))
 
 
-class SourceError(ValueError):
+class SourceError(BaboError, ValueError):
     """A frame source that cannot be opened."""
 
 
-class OutputError(ValueError):
+class OutputError(BaboError, ValueError):
     """An output (video, report, plot) that cannot be written."""
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import openvino as ov
 
 from babo_edge import ir_metadata
+from babo_edge.errors import BaboError
 from babo_edge.ir_metadata import DETECTIONS, MASK, RAW_OUTPUTS, IRMetadata, MetadataError
 from babo_edge.models.preprocess import to_model_input
 from babo_edge.runtime.devices import DeviceError, check_static_for_npu, resolve_device
@@ -33,11 +34,11 @@ EXECUTIONS = ("dense", "roi", "auto")
 _TO_RGB = {1: cv2.COLOR_GRAY2RGB, 3: cv2.COLOR_BGR2RGB, 4: cv2.COLOR_BGRA2RGB}
 
 
-class ModelError(ValueError):
+class ModelError(BaboError, ValueError):
     """The file or model is not a babo-edge IR this runtime can run."""
 
 
-class FrameError(ValueError):
+class FrameError(BaboError, ValueError):
     """A frame that is not a uint8 gray, BGR or BGRA image."""
 
 

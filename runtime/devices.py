@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import re
 
+from babo_edge.errors import BaboError
+
 VIRTUAL_DEVICES = ("AUTO", "HETERO", "MULTI", "BATCH")
 REMOVED_DEVICES = ("MYRIAD", "HDDL")
 NCS2_README = 'README.md, section "Neural Compute Stick 2 (MYRIAD)"'
 
 
-class DeviceError(ValueError):
+class DeviceError(BaboError, ValueError):
     """A device string this machine cannot compile for."""
 
 

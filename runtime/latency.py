@@ -32,6 +32,7 @@ import numpy as np
 import openvino as ov
 from tqdm import tqdm
 
+from babo_edge.errors import BaboError
 from babo_edge.models.accounting import figures
 from babo_edge.runtime.artifacts import EXPORT_SUFFIX, IR_FILE, PRECISIONS, ZOO, default_export_dir, ir_path
 from babo_edge.runtime.detector import (Detector, compile_config, openvino_message, parse_model_info, preprocess, read_ir,
@@ -45,7 +46,7 @@ DEFAULT_MODELS = tuple(default_export_dir(ZOO / f"{name}.pt") for name in ("vani
 WARMUP_RUNS = 5
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(BaboError, ValueError):
     """A one-line reason the benchmark cannot run (bad model path, baseline, checkpoint)."""
 
 

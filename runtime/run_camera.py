@@ -27,13 +27,14 @@ from pathlib import Path
 
 import openvino as ov
 
+from babo_edge.errors import run_cli
 from babo_edge.models.accounting import REPORT_SCHEMA, format_report
 from babo_edge.models.cli import positive_int, write_json
 from babo_edge.runtime.artifacts import REPO, ZOO, default_export_dir, ir_path
 from babo_edge.runtime.camera import (DISPLAY_THRESHOLD, OutputError, Pipeline, SourceError, check_writable, default_source,
                             display_available, open_source, run)
 from babo_edge.runtime.detector import EXECUTIONS, HINTS, ModelError, read_ir
-from babo_edge.runtime.devices import DeviceError, resolve_device
+from babo_edge.runtime.devices import resolve_device
 from babo_edge.runtime.plots import plot_block_zeros
 
 DEFAULT_MODEL = ir_path(default_export_dir(ZOO / "babo-ssdlite-256.pt"), "int8")
@@ -89,13 +90,11 @@ def _model_name(report: dict) -> str:
     return model.parent.parent.name or model.name
 
 
+@run_cli
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return run_app(args)
-    except (DeviceError, ModelError, SourceError, OutputError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:  # while starting, or a second Ctrl-C
         print("\naborted: nothing written", file=sys.stderr)
         return 130

@@ -33,6 +33,7 @@ import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
 
+from babo_edge.errors import BaboError
 from babo_edge.ir_metadata import DETECTIONS, MASK
 ROI_STRIDE = 32
 CONVOLUTIONS = ("Convolution", "GroupConvolution")
@@ -46,7 +47,7 @@ OFFSET_INPUT = "roi_offset"  # (2,) int64: the crop's origin in stride-32 cells 
 IMAGE_CROP, MASK_CROP = "image_crop", "mask_crop"  # the ROI model's crops of the image and the mask
 
 
-class SparseError(ValueError):
+class SparseError(BaboError, ValueError):
     """The IR cannot run sparse (no mask, no mask-aware post-processing, or an unknown structure)."""
 
 

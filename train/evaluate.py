@@ -16,9 +16,11 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenMP: see configure_cpu
 
+from babo_edge.errors import run_cli
 from babo_edge.models.cli import positive_int, write_json
 
 
+@run_cli(also=(ValueError,))
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", nargs="+", help="checkpoint files (models/checkpoint.py format)")
@@ -34,9 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write every row (metrics + MAC report) here")
     args = parser.parse_args(argv)
     # torch and the evaluator only now: --help and argument errors stay fast.
-    from babo_edge.calibration.errors import DatasetError
     from babo_edge.calibration.synthetic import ensure_default_dataset
-    from babo_edge.models.checkpoint import CheckpointError, load_model
+    from babo_edge.models.checkpoint import load_model
     from babo_edge.train.engine import configure_cpu
     from babo_edge.train.evaluation import check_classes, evaluate, format_table, open_dataset, resolve_mask_source
     from babo_edge.train.masks import check_source
@@ -44,31 +45,23 @@ def main(argv: list[str] | None = None) -> int:
 
     # Everything that can be wrong with the arguments is checked before the first image is run.
     configure_cpu(args.threads)
-    try:
-        sources = [None] if args.mask_source is None else [check_source(s.strip()) for s in args.mask_source.split(",")]
-        runs = []
-        for path in args.checkpoints:
-            model, ckpt = load_model(path)
-            for source in sources:
-                if source == "omg" and model.omg is None and len(sources) > 1:
-                    continue  # Table 2 layout: the OMG row belongs to the models that have one
-                name = path if len(sources) == 1 else f"{path} [{resolve_mask_source(model, source)}]"
-                runs.append((name, model, ckpt, resolve_mask_source(model, source)))
-        coco = open_dataset(args.data or ensure_default_dataset(), args.split)
-        for _, model, ckpt, _ in runs:
-            check_classes(model, coco, ckpt.class_names)
-    except (CheckpointError, DatasetError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    sources = [None] if args.mask_source is None else [check_source(s.strip()) for s in args.mask_source.split(",")]
+    runs = []
+    for path in args.checkpoints:
+        model, ckpt = load_model(path)
+        for source in sources:
+            if source == "omg" and model.omg is None and len(sources) > 1:
+                continue  # Table 2 layout: the OMG row belongs to the models that have one
+            name = path if len(sources) == 1 else f"{path} [{resolve_mask_source(model, source)}]"
+            runs.append((name, model, ckpt, resolve_mask_source(model, source)))
+    coco = open_dataset(args.data or ensure_default_dataset(), args.split)
+    for _, model, ckpt, _ in runs:
+        check_classes(model, coco, ckpt.class_names)
 
     rows = []
-    try:
-        for path, model, ckpt, source in runs:
-            rows.append((path, evaluate(model, coco, input_size=ckpt.config.input_size, mask_source=source,
-                                        batch_size=args.batch_size, limit=args.limit)))
-    except DatasetError as e:  # an unreadable image met half-way
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    for path, model, ckpt, source in runs:
+        rows.append((path, evaluate(model, coco, input_size=ckpt.config.input_size, mask_source=source,
+                                    batch_size=args.batch_size, limit=args.limit)))
     print(format_table(rows))
     if args.json:
         write_json(args.json, {"ann_file": str(coco.ann_file), "split": args.split,

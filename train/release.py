@@ -9,19 +9,18 @@ import argparse
 import sys
 from pathlib import Path
 
+from babo_edge.errors import run_cli
 
+
+@run_cli(also=(OSError,))
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("src")
     parser.add_argument("dst")
     args = parser.parse_args(argv)
-    from babo_edge.models.checkpoint import CheckpointError, release_checkpoint  # torch: after --help
+    from babo_edge.models.checkpoint import release_checkpoint  # torch: after --help
 
-    try:
-        out = release_checkpoint(args.src, args.dst, note={"released_from": Path(args.src).name})
-    except (CheckpointError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    out = release_checkpoint(args.src, args.dst, note={"released_from": Path(args.src).name})
     print(f"{out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0
 

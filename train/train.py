@@ -18,6 +18,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenM
 
 from dataclasses import replace
 
+from babo_edge.errors import run_cli
 from babo_edge.models.cli import parse_size
 from babo_edge.train.options import BN_MODES, MODES
 
@@ -65,6 +66,7 @@ def build_config(args: argparse.Namespace):
     return replace(config, mode=mode, mask_source=source, model=model, omg_loss=omg_loss, **overrides)
 
 
+@run_cli(also=(ValueError, OSError))
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", help="TrainConfig JSON; flags override it")
@@ -108,16 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", help="checkpoint written by a previous run (restores the optimizer)")
     args = p.parse_args(argv)
     # torch and the training loop only now: --help and argument errors stay fast.
-    from babo_edge.calibration.errors import DatasetError
-    from babo_edge.models.checkpoint import CheckpointError
     from babo_edge.train.engine import train
 
-    try:
-        config = build_config(args)
-        last = train(config, resume=args.resume)
-    except (CheckpointError, DatasetError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    config = build_config(args)
+    last = train(config, resume=args.resume)
     print(f"checkpoint: {last}")
     return 0
 
