@@ -343,6 +343,6 @@ def test_script_is_torch_free_and_refuses_myriad():
     script = subprocess.run([sys.executable, "runtime/run_camera.py", "--device", "MYRIAD"], cwd=REPO,
                             capture_output=True, text=True, timeout=60)
     assert script.returncode == 2 and "MYRIAD/HDDL plugins were removed" in script.stderr.splitlines()[-1]
-    code = "import sys, runtime.run_camera; print([m for m in ('torch', 'nncf', 'onnx') if m in sys.modules])"
-    imports = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    code = "import sys, babo_edge.runtime.run_camera; print([m for m in ('torch', 'nncf', 'onnx') if m in sys.modules])"
+    imports = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True, timeout=60)
     assert imports.returncode == 0 and imports.stdout.strip() == "[]", imports.stderr
