@@ -42,30 +42,27 @@ def main(argv: list[str] | None = None) -> int:
     from babo_edge.train.evaluation import check_classes, evaluate, format_table, open_dataset, resolve_mask_source
     from babo_edge.train.masks import check_source
 
-
     # Everything that can be wrong with the arguments is checked before the first image is run.
     configure_cpu(args.threads)
     sources = [None] if args.mask_source is None else [check_source(s.strip()) for s in args.mask_source.split(",")]
-    runs = []
-    for path in args.checkpoints:
-        model, ckpt = load_model(path)
+    models = [(path, *load_model(path)) for path in args.checkpoints]
+    coco = open_dataset(args.data or ensure_default_dataset(), args.split)
+    runs = []  # (checkpoint, row name, model, checkpoint data, mask source)
+    for path, model, ckpt in models:
+        check_classes(model, coco, ckpt.class_names)
         for source in sources:
             if source == "omg" and model.omg is None and len(sources) > 1:
                 continue  # Table 2 layout: the OMG row belongs to the models that have one
-            name = path if len(sources) == 1 else f"{path} [{resolve_mask_source(model, source)}]"
-            runs.append((name, model, ckpt, resolve_mask_source(model, source)))
-    coco = open_dataset(args.data or ensure_default_dataset(), args.split)
-    for _, model, ckpt, _ in runs:
-        check_classes(model, coco, ckpt.class_names)
+            source = resolve_mask_source(model, source)
+            runs.append((path, path if len(sources) == 1 else f"{path} [{source}]", model, ckpt, source))
 
-    rows = []
-    for path, model, ckpt, source in runs:
-        rows.append((path, evaluate(model, coco, input_size=ckpt.config.input_size, mask_source=source,
-                                    batch_size=args.batch_size, limit=args.limit)))
-    print(format_table(rows))
-    if args.json:
+    rows = [(path, name, evaluate(model, coco, input_size=ckpt.config.input_size, mask_source=source,
+                                  batch_size=args.batch_size, limit=args.limit))
+            for path, name, model, ckpt, source in runs]
+    print(format_table([(name, result) for _, name, result in rows]))
+    if args.json:  # each row names its mask source (EvalResult.mask_source)
         write_json(args.json, {"ann_file": str(coco.ann_file), "split": args.split,
-                               "rows": [{"checkpoint": path, **asdict(result)} for path, result in rows]})
+                               "rows": [{"checkpoint": path, **asdict(result)} for path, _, result in rows]})
         print(f"results written to {args.json}")
     return 0
 
