@@ -32,7 +32,7 @@ import openvino as ov
 
 from babo_edge.calibration.coco import CocoDetection
 from babo_edge.ir_metadata import DETECTIONS
-from babo_edge.export.options import ExportError, ExportOptions, export_config  # noqa: F401 (re-exported)
+from babo_edge.export.options import ExportError, ExportOptions
 from babo_edge.export.accuracy import SplitAccuracy, ap_of, evaluate_runners
 from babo_edge.export.onnx_export import export_onnx
 from babo_edge.export.openvino_ir import (compile_fp32, convert, model_info, save_ir,

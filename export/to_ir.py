@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 
 from babo_edge.errors import run_cli
-from babo_edge.export.options import PRESETS, ExportError, ExportOptions
+from babo_edge.export.options import PRESETS, ExportError, ExportOptions, export_config
 from babo_edge.models.cli import choice_list, positive_int
 from babo_edge.runtime.artifacts import PRECISIONS, default_export_dir
 
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     # The stages' heavy imports (torch, openvino, nncf) only now: --help and argument errors stay fast.
     import nncf
 
-    from babo_edge.export.pipeline import REPORT_FILE, export_all, export_config, format_summary, prepare_output
+    from babo_edge.export.pipeline import REPORT_FILE, export_all, format_summary, prepare_output
     from babo_edge.export.quantize import CalibrationImages
     from babo_edge.models.checkpoint import load_model
 

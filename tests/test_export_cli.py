@@ -14,7 +14,7 @@ import torch
 
 from babo_edge.calibration.coco import CocoDetection
 from babo_edge.calibration.synthetic import split_files
-from babo_edge.export import mask_graph, pipeline
+from babo_edge.export import mask_graph, options, pipeline
 from babo_edge.export.parity import openvino_runner
 from babo_edge.export.pipeline import REPORT_FILE
 from babo_edge.export.to_ir import main as to_ir_main
@@ -280,10 +280,10 @@ def test_ctrl_c_leaves_nothing(tiny_checkpoint, tiny_dataset, tmp_path, monkeypa
 
 def test_export_at_another_size_leaves_the_callers_model_as_it_was(tiny_checkpoint, tiny_dataset, tmp_path):
     model, checkpoint = load_model(tiny_checkpoint)
-    config = pipeline.export_config(checkpoint.config, 192)
+    config = options.export_config(checkpoint.config, 192)
     assert config.omg_size == (96, 96) and model.omg_size == (64, 64)
     calib = CalibrationImages(config.input_size, 2, tiny_dataset)
     pipeline.export_all(model, checkpoint, tiny_checkpoint, tmp_path / "big", calib, None, config,
-                        pipeline.ExportOptions(precisions=("fp32",), parity_images=1))
+                        options.ExportOptions(precisions=("fp32",), parity_images=1))
     assert model.omg_size == (64, 64)
     assert json.loads((tmp_path / "big" / REPORT_FILE).read_text())["model"]["omg_size"] == [96, 96]
