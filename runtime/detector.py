@@ -42,9 +42,6 @@ class FrameError(BaboError, ValueError):
     """A frame that is not a uint8 gray, BGR or BGRA image."""
 
 
-ModelInfo = IRMetadata  # the parsed model_info of an IR (babo_edge.ir_metadata)
-
-
 @dataclass(frozen=True)
 class Result:
     """Detections of one frame, best first."""
@@ -146,7 +143,7 @@ def read_model_info(model: ov.Model) -> dict[str, str]:
     return ir_metadata.read_entries(model)
 
 
-def parse_model_info(entries: Mapping[str, str], source: str) -> ModelInfo:
+def parse_model_info(entries: Mapping[str, str], source: str) -> IRMetadata:
     """Checks the format and version and parses every declared key (`ir_metadata.parse`);
     a one-line ModelError naming `source` otherwise."""
     try:
@@ -155,7 +152,7 @@ def parse_model_info(entries: Mapping[str, str], source: str) -> ModelInfo:
         raise ModelError(f"{source}: {e}") from None
 
 
-def check_graph(model: ov.Model, info: ModelInfo, source: str) -> None:
+def check_graph(model: ov.Model, info: IRMetadata, source: str) -> None:
     """One image input at the metadata's size and a `detections` output; raw-mode IRs (decoded
     outside the graph) are not supported yet."""
     outputs = {name for port in model.outputs for name in port.get_names()}
