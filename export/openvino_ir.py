@@ -21,7 +21,7 @@ from babo_edge.ir_metadata import BLACKED_OUT_BACKGROUND, IR_FORMAT, MODEL_TYPE,
 from babo_edge.models.builders import ModelConfig
 from babo_edge.models.detector import BABODetector
 from babo_edge.models.profiling import profile
-from babo_edge.runtime.artifacts import PRECISIONS
+from babo_edge.artifacts import PRECISIONS
 FP32_HINT = {"INFERENCE_PRECISION_HINT": "f32"}  # the CPU plugin would otherwise run bf16/fp16 where it can
 
 

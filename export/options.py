@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from babo_edge.errors import BaboError
-from babo_edge.runtime.artifacts import PRECISIONS
+from babo_edge.artifacts import PRECISIONS
 
 if TYPE_CHECKING:
     from babo_edge.models.builders import ModelConfig

@@ -43,7 +43,7 @@ from babo_edge.export.quantize import quantize_int8, quantize_int8_with_accuracy
 from babo_edge.models.builders import ModelConfig
 from babo_edge.models.checkpoint import Checkpoint
 from babo_edge.models.detector import BABODetector
-from babo_edge.runtime.artifacts import ir_path
+from babo_edge.artifacts import ir_path
 from babo_edge.runtime.sparsity import conv_layers, instrument, layer_counts
 
 REPORT_FILE = "export_report.json"

@@ -19,7 +19,7 @@ from pathlib import Path
 from babo_edge.errors import run_cli
 from babo_edge.export.options import PRESETS, ExportError, ExportOptions, export_config
 from babo_edge.models.cli import choice_list, positive_int
-from babo_edge.runtime.artifacts import PRECISIONS, default_export_dir
+from babo_edge.artifacts import PRECISIONS, default_export_dir
 
 
 def non_negative_float(text: str) -> float:

@@ -25,7 +25,7 @@ from babo_edge.errors import run_cli
 from babo_edge.models.cli import choice_list, positive_int, write_json
 from babo_edge.runtime.detector import EXECUTIONS
 from babo_edge.runtime.devices import resolve_device
-from babo_edge.runtime.artifacts import PRECISIONS
+from babo_edge.artifacts import PRECISIONS
 from babo_edge.runtime.latency import (BenchmarkError, Settings, compare_executions, compare_to_baseline,
                              default_model_folders, format_executions, format_table, load_val_frames,
                              other_machine, read_baseline, resolve_targets, run_benchmark)

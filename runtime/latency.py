@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from babo_edge.errors import BaboError
 from babo_edge.models.accounting import figures
-from babo_edge.runtime.artifacts import EXPORT_SUFFIX, IR_FILE, PRECISIONS, ZOO, default_export_dir, ir_path
+from babo_edge.artifacts import EXPORT_SUFFIX, IR_FILE, PRECISIONS, ZOO, default_export_dir, ir_path
 from babo_edge.runtime.detector import (Detector, compile_config, openvino_message, parse_model_info, preprocess, read_ir,
                                         read_model_info)
 from babo_edge.runtime.sparsity import SparsityCounter, instrument, measure_overhead

@@ -30,7 +30,7 @@ import openvino as ov
 from babo_edge.errors import run_cli
 from babo_edge.models.accounting import REPORT_SCHEMA, format_report
 from babo_edge.models.cli import positive_int, write_json
-from babo_edge.runtime.artifacts import REPO, ZOO, default_export_dir, ir_path
+from babo_edge.artifacts import REPO, ZOO, default_export_dir, ir_path
 from babo_edge.runtime.camera import (DISPLAY_THRESHOLD, OutputError, Pipeline, SourceError, check_writable, default_source,
                             display_available, open_source, run)
 from babo_edge.runtime.detector import EXECUTIONS, HINTS, ModelError, read_ir

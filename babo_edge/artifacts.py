@@ -1,4 +1,5 @@
-"""Where an export puts its IRs: the one layout export/ writes and runtime/ reads.
+"""Where an export puts its IRs: the one layout export/ writes and runtime/ reads
+(a contract of both, so export/ does not import runtime/ for it).
 
     <checkpoint stem>_ir/FP32/model.xml, .../FP16/model.xml, .../INT8/model.xml
 
