@@ -13,6 +13,7 @@ _EXPORTS = {
     "Sample": "coco",
     "instance_mask": "coco",
     "box_mask": "coco",
+    "box_mask_of": "coco",
     "ImageFolder": "folder",
     "generate": "synthetic",
     "default_dataset_dir": "synthetic",

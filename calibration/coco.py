@@ -119,7 +119,7 @@ class CocoDetection:
         if isinstance(segmentation, list):
             segmentation = [polygon for polygon in segmentation if len(polygon) >= 6]
         if not segmentation:
-            return _filled_box(box, height, width)
+            return box_mask_of([box], (height, width))
         if isinstance(segmentation, dict) and "counts" in segmentation:
             if list(segmentation.get("size", ())) != [height, width]:
                 raise self._error(
@@ -170,21 +170,19 @@ def segmentation_to_mask(segmentation: list | dict, height: int, width: int) -> 
 
 
 def box_mask(sample: Sample) -> np.ndarray:
-    """HxW uint8 0/1 union of the filled boxes: the box-level objectness GT.
+    """HxW uint8 0/1 union of the sample's filled boxes: the box-level objectness GT."""
+    return box_mask_of(sample.boxes, sample.image.shape[:2])
 
-    A pixel is set when the box overlaps it, so fractional box edges round outwards.
-    """
-    height, width = sample.image.shape[:2]
+
+def box_mask_of(boxes, hw: tuple[int, int]) -> np.ndarray:
+    """(H, W) uint8 0/1 union of filled (x1, y1, x2, y2) boxes, the one definition used by the
+    dataset tools and training alike. A pixel is set when a box overlaps it, so fractional edges
+    round outwards: a mask meant to keep objects must not cut their border pixels."""
+    height, width = hw
     mask = np.zeros((height, width), dtype=np.uint8)
-    for box in sample.boxes:
-        mask |= _filled_box(box, height, width)
-    return mask
-
-
-def _filled_box(box, height: int, width: int) -> np.ndarray:
-    x1, y1, x2, y2 = (float(value) for value in box)
-    mask = np.zeros((height, width), dtype=np.uint8)
-    mask[max(math.floor(y1), 0) : max(math.ceil(y2), 0), max(math.floor(x1), 0) : max(math.ceil(x2), 0)] = 1
+    for box in boxes:
+        x1, y1, x2, y2 = (float(value) for value in box)
+        mask[max(math.floor(y1), 0) : max(math.ceil(y2), 0), max(math.floor(x1), 0) : max(math.ceil(x2), 0)] = 1
     return mask
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from babo_edge.calibration.coco import CocoDetection, instance_mask
+from babo_edge.calibration.coco import CocoDetection, box_mask_of, instance_mask
 from babo_edge.train.augment import Example, resize, ssd_augment
 from babo_edge.models.builders import IMAGENET_MEAN
 
@@ -24,14 +24,6 @@ class Batch:
 
     def __len__(self) -> int:
         return self.images.shape[0]
-
-
-def box_mask_of(boxes: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """(H, W) uint8 union of filled boxes (pixels whose centre is inside a box)."""
-    mask = np.zeros(hw, np.uint8)
-    for x1, y1, x2, y2 in boxes:
-        mask[int(round(y1)):int(round(y2)), int(round(x1)):int(round(x2))] = 1
-    return mask
 
 
 class DetectionData(torch.utils.data.Dataset):
