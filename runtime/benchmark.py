@@ -4,12 +4,15 @@
         [--frames 32] [--duration 5] [--pytorch CKPT ...] [--json out.json]
         [--baseline FILE --max-regression 0.10]
         [--execution dense,roi,auto [--scenes video,val,empty] [--rounds 5]]
+        [--crop-curve curve.png [--rounds 5]]
 
 Default models: models/zoo/vanilla-ssdlite-256_ir and models/zoo/babo-ssdlite-256_ir (those
 present). Exit 0, 1 when a row regressed against --baseline (one line per metric), 2 on bad
 input (missing model or device, corrupt baseline), 130 on Ctrl-C. See runtime/latency.py.
 With --execution, frame latency of each execution mode (runtime.sparse) per scene instead:
 the demo video, the val split and empty (black) frames, modes side by side with vanilla.
+With --crop-curve, latency against crop area (OMG + ROI model of growing crops, the dense graph,
+empty frames) as ratios to the vanilla model, printed and drawn.
 """
 from __future__ import annotations
 
@@ -21,15 +24,17 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 
+from babo_edge.artifacts import PRECISIONS
 from babo_edge.errors import run_cli
 from babo_edge.models.cli import choice_list, positive_int, write_json
 from babo_edge.runtime.detector import EXECUTIONS
 from babo_edge.runtime.devices import resolve_device
-from babo_edge.artifacts import PRECISIONS
-from babo_edge.runtime.latency import (BenchmarkError, Settings, compare_executions, compare_to_baseline,
-                             default_model_folders, format_executions, format_table, load_val_frames,
-                             other_machine, read_baseline, resolve_targets, run_benchmark)
+from babo_edge.runtime.latency import (BenchmarkError, Settings, compare_executions, compare_to_baseline, crop_latency_curve,
+                                       default_model_folders, format_crop_curve, format_executions, format_table,
+                                       load_val_frames, other_machine, read_baseline, resolve_targets, run_benchmark)
+from babo_edge.runtime.plots import plot_crop_curve
 
+CROP_CURVE_CALLS = 10  # per model and round
 SCENES = ("video", "val", "empty")
 
 
@@ -69,7 +74,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="compare these execution modes (comma list of dense, roi, auto) per scene instead")
     parser.add_argument("--scenes", type=choice_list(SCENES, "scenes"), default=SCENES,
                         help="with --execution: comma list of video, val, empty (default: all)")
-    parser.add_argument("--rounds", type=positive_int, default=5, help="with --execution: interleaved rounds")
+    parser.add_argument("--crop-curve", type=Path, metavar="PNG",
+                        help="latency against crop area of the BABO models vs the vanilla one, drawn here instead")
+    parser.add_argument("--rounds", type=positive_int, default=5,
+                        help="with --execution or --crop-curve: interleaved rounds")
     return parser.parse_args(argv)
 
 
@@ -106,6 +114,14 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             raise BenchmarkError(f"{missing[0]}: no such checkpoint")
         baseline = read_baseline(args.baseline) if args.baseline else None
+        if args.crop_curve:
+            report = crop_latency_curve(targets, device, args.rounds, CROP_CURVE_CALLS, core)
+            print(format_crop_curve(report))
+            plot_crop_curve(report, args.crop_curve)
+            print(f"drawn to {args.crop_curve}")
+            if args.json:
+                write_json(args.json, report)
+            return 0
         if args.execution:
             report = compare_executions(targets, scene_frames(args.scenes, args.frames, args.data), args.execution,
                                         device, args.rounds, core)

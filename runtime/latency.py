@@ -19,6 +19,7 @@ inside `benchmark_pytorch`, the dataset tools only inside `load_val_frames`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import sys
@@ -37,6 +38,7 @@ from babo_edge.models.accounting import figures
 from babo_edge.artifacts import EXPORT_SUFFIX, IR_FILE, PRECISIONS, ZOO, default_export_dir, ir_path
 from babo_edge.runtime.detector import (Detector, compile_config, openvino_message, parse_model_info, preprocess, read_ir,
                                         read_model_info)
+from babo_edge.runtime.sparse import ROI_STRIDE, SparsePlan
 from babo_edge.runtime.sparsity import SparsityCounter, instrument, measure_overhead
 
 SCHEMA = "babo-edge/benchmark"
@@ -488,6 +490,81 @@ def compare_executions(targets: Sequence[Target], scenes: dict[str, Sequence[np.
                          "share": {path: ran.count(path) / len(ran) for path in ("empty", "roi", "dense")},
                          "mean_area": float(np.mean([area for _, area in paths[i]]))})
     return {"cpu": cpu_description(), "device": device, "rounds": rounds, "load_average": system_load(), "rows": rows}
+
+
+def crop_latency_curve(targets: Sequence[Target], device: str, rounds: int, calls: int, core: ov.Core) -> dict:
+    """What a crop costs, per BABO target: the OMG plus the ROI model of k x k stride-32 cells
+    (k = 1 .. the input's cells, scaled per side on non-square inputs), beside the same IR's
+    dense graph and the first vanilla target's. Zero inputs (dense kernels take the same time
+    whatever the values; it is the network's cost, as the "auto" cost model measures it). Rounds
+    interleave every model; a figure is the median over rounds of the round's median of `calls`
+    calls, and a ratio the median of the per-round ratios to vanilla."""
+    vanilla, babo = [], []
+    for target in targets:
+        model = read_ir(target.xml, core)
+        info = parse_model_info(read_model_info(model), str(target.xml))
+        (babo if info.mask_input_hw is not None else vanilla).append((target, model, info.input_hw))
+    if not vanilla or not babo:
+        raise BenchmarkError("the crop curve needs a vanilla IR (the reference) and at least one BABO IR")
+    config = compile_config("LATENCY", None, None)
+
+    def timed(model: ov.Model):
+        compiled = core.compile_model(model, device, config)
+        feed = {port.get_any_name(): np.zeros(port.get_shape(), port.get_element_type().to_dtype())
+                for port in compiled.inputs}
+        return compiled.create_infer_request(), feed
+
+    reference, reference_model, _ = vanilla[0]
+    runs = {("vanilla", reference.name): timed(reference_model)}
+    crops: dict[str, list[tuple[int, int]]] = {}
+    for target, model, input_hw in babo:
+        plan = SparsePlan(model, input_hw)
+        runs[("omg", target.name)] = timed(plan.omg)
+        runs[("dense", target.name)] = timed(plan.dense)
+        rows, cols = plan.cells
+        steps = max(rows, cols)
+        crops[target.name] = [(min(math.ceil(k * rows / steps) * ROI_STRIDE, input_hw[0]),
+                               min(math.ceil(k * cols / steps) * ROI_STRIDE, input_hw[1])) for k in range(1, steps + 1)]
+        for crop in crops[target.name]:
+            runs[("roi", target.name, crop)] = timed(plan.roi(crop))
+    medians: dict[tuple, list[float]] = {key: [] for key in runs}
+    for _ in tqdm(range(rounds), desc="crop curve", unit="round"):
+        for key, (request, feed) in runs.items():
+            request.infer(feed)  # warm: the previous model evicted this one's caches
+            medians[key].append(float(np.median(timed_calls(request.infer, [feed], 0.0, calls))))
+    per_round = {key: np.asarray(values) for key, values in medians.items()}
+    base = per_round[("vanilla", reference.name)]
+    curves = []
+    for target, _, input_hw in babo:
+        omg, dense = per_round[("omg", target.name)], per_round[("dense", target.name)]
+        points = [{"crop_hw": list(crop), "area": crop[0] * crop[1] / (input_hw[0] * input_hw[1]),
+                   "roi_ms": 1000 * float(np.median(per_round[("roi", target.name, crop)])),
+                   "frame_ms": 1000 * float(np.median(omg + per_round[("roi", target.name, crop)])),
+                   "ratio": float(np.median((omg + per_round[("roi", target.name, crop)]) / base))}
+                  for crop in crops[target.name]]
+        curves.append({"model": target.name, "input_hw": list(input_hw),
+                       "omg_ms": 1000 * float(np.median(omg)), "omg_ratio": float(np.median(omg / base)),
+                       "dense_ms": 1000 * float(np.median(dense)), "dense_ratio": float(np.median(dense / base)),
+                       "points": points})
+    return {"cpu": cpu_description(), "device": device, "rounds": rounds, "calls": calls,
+            "reference": reference.name, "reference_ms": 1000 * float(np.median(base)),
+            "load_average": system_load(), "curves": curves}
+
+
+def format_crop_curve(report: dict) -> str:
+    lines = []
+    for curve in report["curves"]:
+        lines += [f"{curve['model']} ({curve['input_hw'][0]}x{curve['input_hw'][1]}) against {report['reference']} "
+                  f"({report['reference_ms']:.2f} ms = 1.00x)",
+                  f"  empty frame (OMG only) {curve['omg_ms']:7.2f} ms {curve['omg_ratio']:5.2f}x",
+                  f"  dense graph            {curve['dense_ms']:7.2f} ms {curve['dense_ratio']:5.2f}x",
+                  "  crop (px)   area   OMG + crop   x vanilla"]
+        lines += [f"  {point['crop_hw'][0]:>4}x{point['crop_hw'][1]:<4} {point['area']:6.3f} {point['frame_ms']:9.2f} ms "
+                  f"{point['ratio']:8.2f}x" for point in curve["points"]]
+    lines += [f"zero inputs, LATENCY hint, 1 request, {report['rounds']} interleaved rounds x {report['calls']} calls; "
+              "x vanilla: median of the per-round ratios",
+              f"{report['cpu']}, device {report['device']}, load average {_number(report['load_average'], '.1f')} after the run"]
+    return "\n".join(lines)
 
 
 def format_executions(report: dict) -> str:

@@ -1,4 +1,4 @@
-"""Figures of MAC/MAC* reports (models.accounting schema), drawn with matplotlib's Agg canvas.
+"""Figures of MAC/MAC* reports (models.accounting schema) and of the crop latency curve, drawn with matplotlib's Agg canvas.
 
 matplotlib is imported when a figure is drawn, not with the module: the runtime must start on
 boxes without it. The Agg canvas is used directly, so no global pyplot backend is switched.
@@ -46,6 +46,35 @@ def block_zeros_figure(report: dict, other: dict | None = None, labels: tuple[st
     axes.set_ylim(0, 100)
     axes.set_title(f"Detector activation sparsity per block ({report['images']} images)")
     axes.legend()
+    return figure
+
+
+def plot_crop_curve(report: dict, path: str | os.PathLike) -> Path:
+    """PNG of `crop_curve_figure`, written atomically."""
+    return _save_atomically(crop_curve_figure(report), Path(path))
+
+
+def crop_curve_figure(report: dict):
+    """Latency against crop area (runtime.latency.crop_latency_curve): per BABO model the OMG +
+    crop curve, its dense graph and its empty frame, all as ratios to the vanilla reference (1)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.5, 4.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.axhline(1.0, color="black", linewidth=1, label=f"{report['reference']} (dense)")
+    for curve in report["curves"]:
+        areas = [0.0] + [point["area"] for point in curve["points"]]
+        ratios = [curve["omg_ratio"]] + [point["ratio"] for point in curve["points"]]
+        line, = axes.plot(areas, ratios, marker="o", label=f"{curve['model']}: OMG + crop (area 0: empty frame)")
+        axes.axhline(curve["dense_ratio"], color=line.get_color(), linestyle="--", label=f"{curve['model']}: dense graph")
+    axes.set_xlabel("crop area (fraction of the input)")
+    axes.set_ylabel("latency / vanilla")
+    axes.set_xlim(0, 1.02)
+    axes.set_ylim(bottom=0)
+    axes.set_title("ROI execution: latency against crop area", fontsize=10)
+    axes.legend(fontsize=7)
     return figure
 
 

@@ -3,6 +3,7 @@ every input error. Speeds are measured but never asserted: only their structure 
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -247,3 +248,45 @@ def test_execution_modes_side_by_side_per_scene(export_folder, tiny_dataset, tmp
     with pytest.raises(SystemExit):
         benchmark_main(["--model", str(export_folder), "--execution", "sparse"])
     assert "execution modes are a comma list of dense, roi, auto; got 'sparse'" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def vanilla_folder(checkpoint, tiny_dataset):
+    """The vanilla twin of the tiny BABO export: the same detector weights, no OMG."""
+    torch.manual_seed(0)
+    vanilla_config = replace(CONFIG, omg=False, omg_size=None)
+    babo = build_model(CONFIG)
+    vanilla = build_model(vanilla_config)
+    vanilla.detector.load_state_dict(babo.detector.state_dict())
+    path = save_checkpoint(checkpoint.with_name("vanilla.pt"), vanilla, vanilla_config, CLASS_NAMES)
+    folder = path.with_name("vanilla_ir")
+    assert to_ir_main([str(path), "--output", str(folder), "--precision", "fp32", "--no-val", "--subset-size", "2",
+                       "--calib", str(tiny_dataset), "--parity-images", "1"]) == 0
+    return folder
+
+
+def test_crop_curve_covers_every_crop_size_and_draws_it(export_folder, vanilla_folder, tmp_path, capsys):
+    out, png = tmp_path / "curve.json", tmp_path / "curve.png"
+    code = benchmark_main(["--model", str(vanilla_folder), str(export_folder), "--precision", "fp32",
+                           "--crop-curve", str(png), "--rounds", "2", "--json", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["reference"] == "vanilla" and report["reference_ms"] > 0
+    (curve,) = report["curves"]
+    cells = -(-CONFIG.input_size[0] // 32)  # k x k stride-32 cells, k = 1 .. all
+    assert [point["crop_hw"] for point in curve["points"]] == [
+        [min(32 * k, CONFIG.input_size[0]), min(32 * k, CONFIG.input_size[1])] for k in range(1, cells + 1)]
+    areas = [point["area"] for point in curve["points"]]
+    assert areas == sorted(areas) and areas[-1] == pytest.approx(1.0)
+    for point in curve["points"]:
+        assert point["frame_ms"] > point["roi_ms"] > 0 and point["ratio"] > 0
+    assert curve["omg_ratio"] > 0 and curve["dense_ratio"] > 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = capsys.readouterr().out
+    assert "OMG + crop" in table and "ISA:" in table and table.count("x vanilla") >= 1
+
+
+def test_crop_curve_needs_a_vanilla_reference(export_folder, tmp_path, capsys):
+    code = benchmark_main(["--model", str(export_folder), "--precision", "fp32", "--crop-curve", str(tmp_path / "c.png")])
+    assert code == 2 and not (tmp_path / "c.png").exists()
+    assert "needs a vanilla IR (the reference) and at least one BABO IR" in capsys.readouterr().err
