@@ -37,11 +37,12 @@ from babo_edge.errors import BaboError
 from babo_edge.ir_metadata import DETECTIONS, MASK
 ROI_STRIDE = 32
 CONVOLUTIONS = ("Convolution", "GroupConvolution")
-# Ops whose output at a location reads only that location (or, for convs and pools, the aligned
-# window of the ceil-mode pyramid): they may run on a crop.
+# Ops whose output at a location reads only that location (convs: the aligned window of the
+# ceil-mode pyramid): they may run on a crop. Pools and channel reductions: see SparsePlan._is_local.
 LOCAL_OPS = (*CONVOLUTIONS, "Add", "Subtract", "Multiply", "Divide", "Maximum", "Minimum", "Clamp", "Relu",
-             "PRelu", "Sigmoid", "Swish", "HSwish", "HSigmoid", "Exp", "Sqrt", "Power", "Convert", "FakeQuantize",
-             "MaxPool", "AvgPool")
+             "PRelu", "Sigmoid", "Swish", "HSwish", "HSigmoid", "Exp", "Sqrt", "Power", "Convert", "FakeQuantize")
+POOLS = ("MaxPool", "AvgPool")
+CHANNEL_REDUCTIONS = ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceL2")
 MASK_INPUT = "mask"
 OFFSET_INPUT = "roi_offset"  # (2,) int64: the crop's origin in stride-32 cells (row, column)
 IMAGE_CROP, MASK_CROP = "image_crop", "mask_crop"  # the ROI model's crops of the image and the mask
@@ -132,7 +133,24 @@ class SparsePlan:
     def _find_cuts(self) -> list[_Cut]:
         """Classifies every op of the detector as constant, mask (computed from the mask alone),
         fine (a local op on a map at stride <= 32, from the image) or coarse, and returns the
-        fine -> coarse edges: where the crop's maps are pasted back."""
+        fine -> coarse edges: where the crop's maps are pasted back. A pasted map must be exact
+        outside the crop too: a masked conv input (zero there) or a head output (read only at
+        anchors the mask keeps alive). A fine map that a coarse op reads otherwise (VGG's
+        overlapping pool5 reads a conv's output) is demoted to coarse, with whatever follows it,
+        until every cut is one of those two: that part then runs densely on the full canvas."""
+        demoted: set[int] = set()
+        while True:
+            cuts, violation = self._classify(demoted)
+            if violation is None:
+                break
+            demoted.add(violation)
+        if not cuts:
+            raise SparseError("found no fine -> coarse boundary in the detector")
+        return cuts
+
+    def _classify(self, demoted: set[int]) -> tuple[list[_Cut], int | None]:
+        """The cuts when the ops in `demoted` are coarse, or the first fine op whose map a coarse
+        op reads and that cannot be pasted exactly (to demote)."""
         levels = {size: k for k, size in reversed(list(enumerate(pyramid_sizes(self.input_hw, self.cell_levels))))}
         index = {op.get_instance_id(): i for i, op in enumerate(self._ops)}
         kinds, level_of, cuts = [], {}, []
@@ -145,7 +163,8 @@ class SparsePlan:
                 kind, level_of[i] = "fine", 0
             elif op.get_instance_id() == mask.get_instance_id() or (inputs and set(inputs) <= {"constant", "mask"}):
                 kind = "mask"
-            elif "coarse" not in inputs and op.get_type_name() in LOCAL_OPS and self._level(op, levels) is not None:
+            elif (i not in demoted and "coarse" not in inputs and self._is_local(op)
+                  and self._level(op, levels) is not None):
                 kind, level_of[i] = "fine", self._level(op, levels)
             else:
                 kind = "coarse"
@@ -160,17 +179,34 @@ class SparsePlan:
                     cuts.append(_Cut(producer, value.get_index(), i, port, -1))
                     continue
                 if not (op.get_type_name() in CONVOLUTIONS or self._is_head_output(value.get_node())):
-                    raise SparseError(f"cannot run {op.get_friendly_name()} ({op.get_type_name()}) after a crop: "
-                                      "its input is neither a masked conv input nor a head output")
+                    if self._ops[producer].get_type_name() == "Parameter":
+                        raise SparseError(f"cannot run {op.get_friendly_name()} ({op.get_type_name()}) after a crop: "
+                                          "its input is neither a masked conv input nor a head output")
+                    return [], producer
                 cuts.append(_Cut(producer, value.get_index(), i, port, level_of[producer]))
-        if not cuts:
-            raise SparseError("found no fine -> coarse boundary in the detector")
-        return cuts
+        return cuts, None
+
+    @staticmethod
+    def _is_local(op: ov.Node) -> bool:
+        """An op whose output at a location reads only that location or, for convs and
+        non-overlapping pools (kernel = stride, no padding), the aligned window of the ceil-mode
+        pyramid; reductions over the channels alone (VGG's L2Norm) are per location too."""
+        kind = op.get_type_name()
+        if kind in POOLS:
+            attributes = op.get_attributes()
+            return (list(attributes["kernel"]) == list(attributes["strides"])
+                    and not any(attributes["pads_begin"]) and not any(attributes["pads_end"])
+                    and all(len(op.output(k).get_target_inputs()) == 0 for k in range(1, op.get_output_size())))
+        if kind in CHANNEL_REDUCTIONS:
+            axes = op.input_value(1).get_node()
+            return (axes.get_type_name() == "Constant" and op.get_attributes().get("keep_dims", False)
+                    and sorted(int(a) % 4 for a in axes.get_data().ravel()) == [1])
+        return kind in LOCAL_OPS
 
     @staticmethod
     def _level(op: ov.Node, levels: dict) -> int | None:
         shape = op.get_output_partial_shape(0)
-        if op.get_output_size() != 1 or not shape.is_static or len(shape) != 4:
+        if not shape.is_static or len(shape) != 4:
             return None
         return levels.get((shape[2].get_length(), shape[3].get_length()))
 

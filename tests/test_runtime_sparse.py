@@ -98,6 +98,25 @@ def test_crop_snaps_to_the_stride_32_grid_and_the_input_edge():
     assert crop_of(rows, cols, (144, 208)) == (0, 0, 144, 208)
 
 
+def test_only_pools_with_aligned_windows_and_channel_reductions_run_on_a_crop():
+    """A crop aligned on the stride-32 grid holds whole windows of non-overlapping pools (VGG's
+    2x2/2), not of overlapping ones (VGG's pool5, 3x3/1 padded, reads across the crop's edge);
+    a reduction over the channels alone (VGG's L2Norm) reads one location."""
+    x = ov.opset13.parameter([1, 8, 32, 32], ov.Type.f32)
+    aligned = ov.opset13.max_pool(x, [2, 2], [1, 1], [0, 0], [0, 0], [2, 2], "ceil")
+    overlapping = ov.opset13.max_pool(x, [1, 1], [1, 1], [1, 1], [1, 1], [3, 3], "floor")
+    average = ov.opset13.avg_pool(x, [2, 2], [0, 0], [0, 0], [2, 2], True, "floor")
+
+    def reduce(axes, keep=True):
+        return ov.opset13.reduce_sum(x, ov.opset13.constant(np.array(axes, np.int64)), keep)
+
+    assert SparsePlan._is_local(aligned) and SparsePlan._is_local(average)
+    assert not SparsePlan._is_local(overlapping)
+    assert SparsePlan._is_local(reduce([1])) and SparsePlan._is_local(reduce([-3]))
+    assert not SparsePlan._is_local(reduce([2, 3])) and not SparsePlan._is_local(reduce([1], keep=False))
+    assert SparsePlan._is_local(ov.opset13.relu(x)) and not SparsePlan._is_local(ov.opset13.softmax(x, 1))
+
+
 def test_roi_gives_the_dense_detections_for_every_mask_shape(xml, images):
     crops = check_roi_is_dense(ov.Core().read_model(str(xml)), CONFIG.input_size, images)
     assert crops == {(32, 0, 32, 32), (96, 96, 32, 32), (32, 32, 64, 64), (32, 64, 32, 32), (0, 0, 128, 128),
