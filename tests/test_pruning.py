@@ -174,3 +174,35 @@ def test_bad_prune_values_give_one_line_errors(text, message):
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and message in run.stderr
     assert run.stderr.strip().splitlines()[-1].count("\n") == 0 and "Traceback" not in run.stderr
+
+
+# --- fine-tuning under --prune -----------------------------------------------------------
+
+
+def tiny_training(tiny_dataset, tmp_path, prune):
+    from babo_edge.train.engine import TrainConfig
+
+    model = ModelConfig(num_classes=6, input_size=(128, 128), width=0.5, omg=False, omg_size=None)
+    return TrainConfig(mode="vanilla", model=model, data=str(tiny_dataset), epochs=1, batch_size=4,
+                       optimizer="adam", lr=1e-3, warmup_iters=0, workers=0, out=str(tmp_path / "run"),
+                       prune=prune, prune_ramp=0.5, prune_every=1)
+
+
+def test_magnitude_fine_tuning_ends_at_the_target_sparsity(tiny_dataset, tmp_path):
+    from babo_edge.train.engine import train
+
+    last = train(tiny_training(tiny_dataset, tmp_path, "magnitude:0.6:heads"), progress=False)
+    model, _ = load_model(last)
+    convs = pruning.scoped_convs(model, "heads")
+    total = sum(c.weight.numel() for c in convs)
+    assert sum(int((c.weight == 0).sum()) for c in convs) == round(0.6 * total)  # after the last Adam step
+    assert pruning.weight_sparsity(model, "backbone") == 0
+
+
+def test_channel_fine_tuning_saves_a_rebuildable_checkpoint(tiny_dataset, tmp_path):
+    from babo_edge.train.engine import train
+
+    last = train(tiny_training(tiny_dataset, tmp_path, "channels:0.5:backbone"), progress=False)
+    model, ckpt = load_model(last)  # build_model(config) with the pruned widths, then the weights
+    assert ckpt.config.pruned_widths["backbone"][1] == pruning.kept_channels(48, 0.5)  # width 0.5: 8 * 6
+    assert model.detector.backbone.stages[1][0].hidden_channels == ckpt.config.pruned_widths["backbone"][1]

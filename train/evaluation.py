@@ -141,6 +141,7 @@ class EvalResult:
     zero_ratio: float  # zeros at conv inputs, OMG + OD
     gmac: float  # OMG + OD, Eq. 3
     gmac_star: float  # OMG + OD, Eq. 4 averaged over the images
+    gmac_star_w: float | None  # OMG + OD, MAC* that also skips zero weights (models.accounting)
     networks: dict[str, dict[str, float]]  # per network: gmac, gmac_star, zero_ratio
     images: int
     report: dict  # the full models.accounting report
