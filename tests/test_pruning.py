@@ -107,19 +107,33 @@ def test_old_configs_load_with_published_widths():
 
 
 @pytest.mark.slow
-def test_pruned_model_exports_with_parity(model, tiny_dataset, tmp_path):
-    from babo_edge.export import openvino_ir, parity, quantize
-    from babo_edge.export.onnx_export import export_onnx
+def test_pruned_checkpoint_exports_with_to_ir_alone_and_with_parity(tiny_dataset, tmp_path):
+    """`python export/to_ir.py ckpt.pt` rebuilds the pruned widths from the checkpoint; the
+    export's own parity checks (ONNX, FP32, INT8) pass and the IR metadata carries the widths."""
+    import json
 
-    pruned, config = pruning.prune_channels(model, CONFIG, 0.5)
+    import openvino as ov
+
+    from babo_edge.export.pipeline import REPORT_FILE
+    from babo_edge.export.to_ir import main as to_ir_main
+    from babo_edge.runtime.detector import parse_model_info, read_model_info
+
+    torch.manual_seed(0)
+    config = replace(CONFIG, num_classes=6, omg=False, omg_size=None)
+    pruned, config = pruning.prune_channels(build_model(config).eval(), config, 0.5)
     pruning.prune_magnitude(pruned, 0.5)
-    pruned.eval()
-    calib = quantize.CalibrationImages(config.input_size, 4, tiny_dataset / "images" / "calib")
-    images = [calib[i] for i in range(len(calib))]
-    ov_model = openvino_ir.convert(export_onnx(pruned, config.input_size, tmp_path / "m.onnx"))
-    xml = openvino_ir.save_ir(ov_model, tmp_path / "m.xml", "fp32")
-    result = parity.compare(parity.torch_runner(pruned), parity.openvino_runner(openvino_ir.compile_fp32(xml)), images)
-    assert result.violations(parity.FP32_TOLERANCE) == []
+    from babo_edge.calibration.coco import CocoDetection
+    from babo_edge.calibration.synthetic import split_files
+
+    names = CocoDetection(*split_files(tiny_dataset, "val")).class_names
+    checkpoint = save_checkpoint(tmp_path / "pruned.pt", pruned, config, names)
+    out = tmp_path / "export"
+    assert to_ir_main([str(checkpoint), "--output", str(out), "--calib", str(tiny_dataset), "--val", str(tiny_dataset),
+                       "--subset-size", "4", "--parity-images", "2", "--precision", "fp32,int8"]) == 0
+    report = json.loads((out / REPORT_FILE).read_text())
+    assert report["failures"] == {} and set(report["parity"]) >= {"onnx", "fp32", "int8"}
+    info = parse_model_info(read_model_info(ov.Core().read_model(str(out / "INT8" / "model.xml"))), "int8")
+    assert info.model_config["pruned_widths"] == config.pruned_widths
 
 
 # --- MAC* with weight zeros --------------------------------------------------------------
