@@ -220,3 +220,16 @@ def test_channel_fine_tuning_saves_a_rebuildable_checkpoint(tiny_dataset, tmp_pa
     model, ckpt = load_model(last)  # build_model(config) with the pruned widths, then the weights
     assert ckpt.config.pruned_widths["backbone"][1] == pruning.kept_channels(48, 0.5)  # width 0.5: 8 * 6
     assert model.detector.backbone.stages[1][0].hidden_channels == ckpt.config.pruned_widths["backbone"][1]
+
+
+def test_interleaved_rounds_rotate_the_model_order():
+    """The A/B timing loop of benchmarks/ab_latency.py and pruning_table.py (no time asserted)."""
+    from babo_edge.runtime.latency import WARMUP_RUNS, interleaved_medians
+
+    order = []
+    calls = [lambda item, m=m: order.append((m, item)) for m in range(3)]
+    medians = interleaved_medians(calls, ["a", "b"], rounds=3, calls_per_round=2)
+    assert medians.shape == (3, 3)
+    timed = [m for m, _ in order[3 * WARMUP_RUNS:]][::2]  # one entry per (round, model)
+    assert timed == [0, 1, 2, 1, 2, 0, 2, 0, 1]
+    assert [item for _, item in order[3 * WARMUP_RUNS:3 * WARMUP_RUNS + 2]] == ["a", "b"]
