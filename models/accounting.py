@@ -166,11 +166,8 @@ class ReportAccumulator:
 
 
 def figures(totals: dict) -> dict[str, float]:
-    """gmac, gmac_star, gmac_star_w (None: not measured) and zero_ratio of a report's `totals`
-    section (or a network's)."""
-    weights = totals.get("mac_star_w")
-    return {"gmac": totals["mac"] / 1e9, "gmac_star": totals["mac_star"] / 1e9,
-            "gmac_star_w": None if weights is None else weights / 1e9, "zero_ratio": totals["zero_ratio"]}
+    """gmac, gmac_star and zero_ratio of a report's `totals` section (or a network's)."""
+    return {"gmac": totals["mac"] / 1e9, "gmac_star": totals["mac_star"] / 1e9, "zero_ratio": totals["zero_ratio"]}
 
 
 def format_report(report: dict, *, per_layer: bool = True) -> str:

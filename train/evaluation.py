@@ -235,6 +235,7 @@ def evaluate(model: BABODetector, data: DataSpec, *, input_size: tuple[int, int]
     recall = recall_summary(np.concatenate(hits), np.concatenate(areas)) if hits else None
     return EvalResult(metrics=coco_metrics(coco, detections, image_ids), mask_source=source,
                       fg_ratio=report["fg_ratio"], instance_recall=recall, **figures(report["totals"]),
+                      gmac_star_w=report["totals"]["mac_star_w"] / 1e9,
                       networks={net: figures(section["totals"]) for net, section in report["networks"].items()},
                       images=count, report=report)
 
