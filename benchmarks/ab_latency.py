@@ -19,7 +19,6 @@ import platform
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 
@@ -27,7 +26,7 @@ import numpy as np
 import openvino as ov
 
 from babo_edge.runtime.detector import preprocess
-from babo_edge.runtime.latency import load_val_frames
+from babo_edge.runtime.latency import interleaved_medians, load_val_frames
 
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16", "amx_int8", "amx_tile")
 
@@ -75,20 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     requests = [core.compile_model(str(xml), "CPU", config).create_infer_request() for xml in args.xml]
     hw = tuple(requests[0].model_inputs[0].get_partial_shape().to_shape())[2:]
     inputs = [preprocess(frame, hw) for frame in load_val_frames(args.frames)]
-    for request in requests:
-        for item in inputs[:5]:
-            request.infer({0: item})
-    medians = np.zeros((args.rounds, len(requests)))
-    for r in range(args.rounds):
-        order = [(r + i) % len(requests) for i in range(len(requests))]
-        for m in order:
-            times = []
-            for c in range(args.calls):
-                item = inputs[c % len(inputs)]
-                start = time.perf_counter()
-                requests[m].infer({0: item})
-                times.append(time.perf_counter() - start)
-            medians[r, m] = 1000 * np.median(times)
+    medians = interleaved_medians([request.infer for request in requests],
+                                  [{0: item} for item in inputs], args.rounds, args.calls)
     ratios = medians / medians[:, :1]
     print(f"{args.rounds} rounds x {args.calls} calls per model, config {config}")
     print(f"{'model':<28} {'median ms':>9} {'spread ms':>13} {'x ref':>6} {'x ref spread':>13}")

@@ -54,10 +54,14 @@ def conv_macs(layer: ConvLayer, zeros: float = 0.0) -> float:
 
 @dataclass
 class LayerCount:
-    """One convolution with the (average) number of zeros found in its input."""
+    """One convolution with the (average) number of zeros found in its input and, when
+    measured, the MAC* that also skips zero weights (`weight_mac_star`): the exact number of
+    (non-zero input, non-zero weight) products, borders included. It is not Eq. 4 times a
+    weight density: with dense weights it sits slightly below MAC* (padded borders)."""
 
     layer: ConvLayer
     zeros: float = 0.0
+    weight_mac_star: float | None = None
 
     def as_row(self) -> dict:
         row = asdict(self.layer)
@@ -68,6 +72,7 @@ class LayerCount:
             zero_ratio=self.zeros / self.layer.input_numel,
             mac=conv_macs(self.layer),
             mac_star=conv_macs(self.layer, self.zeros),
+            mac_star_w=self.weight_mac_star,
         )
         return row
 
@@ -75,6 +80,7 @@ class LayerCount:
 def _summary(rows: list[dict]) -> dict:
     numel = sum(r["input_shape"][0] * r["input_shape"][1] * r["input_shape"][2] for r in rows)
     zeros = sum(r["zeros"] for r in rows)
+    weight_counts = [r.get("mac_star_w") for r in rows]
     return {
         "layers": len(rows),
         "activations": numel,
@@ -82,6 +88,7 @@ def _summary(rows: list[dict]) -> dict:
         "zero_ratio": zeros / numel if numel else 0.0,
         "mac": sum(r["mac"] for r in rows),
         "mac_star": sum(r["mac_star"] for r in rows),
+        "mac_star_w": None if None in weight_counts else sum(weight_counts),  # None: not measured
     }
 
 
@@ -127,6 +134,7 @@ class ReportAccumulator:
 
     layers: list[ConvLayer] = field(default_factory=list)
     _zero_sums: list[float] = field(default_factory=list)
+    _weight_sums: list[float | None] = field(default_factory=list)
     _fg_sum: float = 0.0
     _fg_images: int = 0
     images: int = 0
@@ -135,11 +143,14 @@ class ReportAccumulator:
         if not self.layers:
             self.layers = [c.layer for c in counts]
             self._zero_sums = [0.0] * len(counts)
+            self._weight_sums = [0.0] * len(counts)
         if [c.layer for c in counts] != self.layers:
             raise ValueError("layer list changed between images: one report needs one model "
                              "at one input size")
         for i, c in enumerate(counts):
             self._zero_sums[i] += c.zeros
+            known = self._weight_sums[i] is not None and c.weight_mac_star is not None
+            self._weight_sums[i] = self._weight_sums[i] + c.weight_mac_star if known else None
         if fg_ratio is not None:
             self._fg_sum += fg_ratio
             self._fg_images += 1
@@ -148,7 +159,8 @@ class ReportAccumulator:
     def report(self, meta: dict | None = None) -> dict:
         if not self.images:
             raise ValueError("no image was added to the report")
-        counts = [LayerCount(layer, z / self.images) for layer, z in zip(self.layers, self._zero_sums)]
+        counts = [LayerCount(layer, z / self.images, None if w is None else w / self.images)
+                  for layer, z, w in zip(self.layers, self._zero_sums, self._weight_sums)]
         fg = self._fg_sum / self._fg_images if self._fg_images else None
         return build_report(counts, fg_ratio=fg, images=self.images, meta=meta)
 
@@ -179,6 +191,7 @@ def format_report(report: dict, *, per_layer: bool = True) -> str:
     t = report["totals"]
     fg = report.get("fg_ratio")
     fg_text = "n/a (no mask)" if fg is None else f"{100 * fg:.2f}%"
-    lines.append(f"total (OMG + OD): GMAC {t['mac'] / 1e9:.3f}  GMAC* {t['mac_star'] / 1e9:.3f}  "
+    weights = "" if t.get("mac_star_w") is None else f"GMAC* with weight zeros {t['mac_star_w'] / 1e9:.3f}  "
+    lines.append(f"total (OMG + OD): GMAC {t['mac'] / 1e9:.3f}  GMAC* {t['mac_star'] / 1e9:.3f}  {weights}"
                  f"zeros {100 * t['zero_ratio']:.2f}%  FG-ratio {fg_text}  images {report['images']}")
     return "\n".join(lines)

@@ -44,6 +44,10 @@ class ModelConfig:
     # SSDLite: the smallest prior (first level) as a fraction of the input side; None keeps
     # MMDetection's 48/320. A configuration, not the architecture: small objects need it.
     first_prior_size: float | None = None
+    # Channel-pruned widths (models/pruning.py), None = the published ones. MobileNetV2-SSDLite
+    # only: {"backbone": hidden channels per inverted residual, "extras": middle channels per
+    # extra level}; a missing key keeps that part's published widths.
+    pruned_widths: dict[str, list[int]] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,12 +73,13 @@ def mnv2_ssdlite(config: ModelConfig) -> SingleShotDetector:
     heads, MMDetection's priors. The width multiplier scales the MobileNetV2 backbone only (as
     in MMDetection's SSDLite neck); this is what reproduces the BABO paper's Table 4 GMAC at
     widths 0.75 and 0.5 (scaling the extras too would give 0.885 GMAC instead of 0.95 at 0.5)."""
-    backbone = MobileNetV2(config.width)
+    widths = config.pruned_widths or {}
+    backbone = MobileNetV2(config.width, widths.get("backbone"))
     depths = SSDLITE_EXTRA_DEPTHS
     priors = ssdlite_priors(config.first_prior_size)
     head = SSDHead((*backbone.tap_channels, *depths), priors.anchors_per_location(),
                    config.num_classes + 1, depthwise=True)
-    return SingleShotDetector(backbone, SSDLiteExtras(backbone.tap_channels[1], depths), head,
+    return SingleShotDetector(backbone, SSDLiteExtras(backbone.tap_channels[1], depths, widths.get("extras")), head,
                               partial(ssd_priors, priors), BoxCoder((0.1, 0.1, 0.2, 0.2)),
                               "softmax", config.num_classes, priors.anchors_per_location())
 
@@ -115,6 +120,8 @@ DETECTORS: dict[str, Callable[[ModelConfig], SingleShotDetector]] = {
 
 
 def build_detector(config: ModelConfig) -> SingleShotDetector:
+    if config.pruned_widths is not None and config.arch != "mnv2-ssdlite":
+        raise ValueError(f"pruned widths are supported for mnv2-ssdlite only, not {config.arch!r}")
     try:
         builder = DETECTORS[config.arch]
     except KeyError:

@@ -26,9 +26,13 @@ class InvertedResidual(nn.Module):
     """Bottleneck: 1x1 expansion (skipped for t=1), depthwise 3x3, linear 1x1 projection."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, expansion: int,
-                 activation: type[nn.Module] = nn.ReLU6):
+                 activation: type[nn.Module] = nn.ReLU6, hidden: int | None = None):
+        """`hidden` overrides in_channels * expansion (channel pruning); for t=1 the hidden
+        channels are the block's input, so they cannot differ from it."""
         super().__init__()
-        hidden = in_channels * expansion
+        hidden = in_channels * expansion if hidden is None else hidden
+        if expansion == 1 and hidden != in_channels:
+            raise ValueError(f"a t=1 block has no expansion: hidden {hidden} != input {in_channels}")
         self.use_residual = stride == 1 and in_channels == out_channels
         self.expand = (ConvNormAct(in_channels, hidden, 1, activation=activation)
                        if expansion != 1 else nn.Identity())
@@ -51,18 +55,24 @@ class MobileNetV2(nn.Module):
 
     `width` scales every layer but the final 1x1 conv, which stays 1280 for widths below 1,
     as in the paper ("we do not apply width multiplier to the last conv layer").
+    `hidden_widths` (one per block, execution order; None = t * input) are the hidden
+    channels of channel-pruned blocks (models/pruning.py).
     """
 
-    def __init__(self, width: float = 1.0):
+    def __init__(self, width: float = 1.0, hidden_widths: list[int] | None = None):
         super().__init__()
         channels = make_divisible(32 * width)
         self.stem = ConvNormAct(3, channels, 3, 2)
+        blocks_total = sum(n for _, _, n, _ in BOTTLENECK_SETTINGS)
+        if hidden_widths is not None and len(hidden_widths) != blocks_total:
+            raise ValueError(f"{len(hidden_widths)} hidden widths for {blocks_total} blocks")
+        hidden_iter = iter(hidden_widths or [None] * blocks_total)
         stages = []
         for t, c, n, s in BOTTLENECK_SETTINGS:
             out = make_divisible(c * width)
             blocks = []
             for i in range(n):
-                blocks.append(InvertedResidual(channels, out, s if i == 0 else 1, t))
+                blocks.append(InvertedResidual(channels, out, s if i == 0 else 1, t, hidden=next(hidden_iter)))
                 channels = out
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.ModuleList(stages)

@@ -39,6 +39,15 @@ def network_convs(model: BABODetector) -> list[tuple[str, str, str, nn.Conv2d]]:
     return out
 
 
+def weight_mac_star(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """Per image, the (non-zero input, non-zero weight) products of `conv` on `x`: the conv of
+    the two indicator tensors, summed. Each output is an integer below 2**24 (exact in float32);
+    the sum is taken in float64."""
+    pairs = torch.nn.functional.conv2d((x != 0).to(x.dtype), (conv.weight != 0).to(x.dtype), None, conv.stride,
+                                       conv.padding, conv.dilation, conv.groups)
+    return pairs.double().flatten(1).sum(dim=1)
+
+
 @dataclass
 class Profile:
     """Per-image conv-input zero counts of one forward pass, and the model's output."""
@@ -50,7 +59,7 @@ class Profile:
 
 def profile(model: BABODetector, images: torch.Tensor, mask: torch.Tensor | None = None) -> Profile:
     """Runs the model once under no_grad and counts the zeros at every conv input."""
-    calls: list[tuple[ConvLayer, torch.Tensor]] = []
+    calls: list[tuple[ConvLayer, torch.Tensor, torch.Tensor]] = []
     seen: dict[str, int] = {}
 
     def record(network: str, name: str, block: str):
@@ -63,7 +72,7 @@ def profile(model: BABODetector, images: torch.Tensor, mask: torch.Tensor | None
                 in_channels=module.in_channels, out_channels=module.out_channels,
                 input_hw=(int(x.shape[-2]), int(x.shape[-1])), kernel=tuple(module.kernel_size),
                 stride=tuple(module.stride), groups=module.groups)
-            calls.append((layer, (x == 0).flatten(1).sum(dim=1)))
+            calls.append((layer, (x == 0).flatten(1).sum(dim=1), weight_mac_star(module, x)))
         return hook
 
     handles = [m.register_forward_pre_hook(record(net, name, block))
@@ -75,7 +84,8 @@ def profile(model: BABODetector, images: torch.Tensor, mask: torch.Tensor | None
         for h in handles:
             h.remove()
     n = images.shape[0]
-    counts = [[LayerCount(layer, float(zeros[i])) for layer, zeros in calls] for i in range(n)]
+    counts = [[LayerCount(layer, float(zeros[i]), float(pairs[i])) for layer, zeros, pairs in calls]
+              for i in range(n)]
     used = output.mask
     fg = [None] * n if used is None else [float(v) for v in used.flatten(1).mean(dim=1)]
     return Profile(counts, fg, output)

@@ -11,14 +11,16 @@ class SSDLiteExtras(nn.Module):
     """Extra feature levels of SSDLite (MobileNetV2 paper, section 6.2).
 
     Each level: 1x1 conv to half the level's depth, depthwise 3x3 stride 2, 1x1 conv to the
-    level's depth, every conv followed by BN + ReLU6.
+    level's depth, every conv followed by BN + ReLU6. `halves` overrides the middle widths
+    (channel pruning; None = depth // 2).
     """
 
-    def __init__(self, in_channels: int, depths: tuple[int, ...]):
+    def __init__(self, in_channels: int, depths: tuple[int, ...], halves: list[int] | None = None):
         super().__init__()
+        if halves is not None and len(halves) != len(depths):
+            raise ValueError(f"{len(halves)} extra widths for {len(depths)} levels")
         levels = []
-        for depth in depths:
-            half = depth // 2
+        for depth, half in zip(depths, halves or [d // 2 for d in depths]):
             levels.append(nn.Sequential(
                 ConvNormAct(in_channels, half, 1),
                 ConvNormAct(half, half, 3, 2, groups=half),

@@ -148,6 +148,20 @@ def timed_calls(call: Callable[[np.ndarray], object], inputs: Sequence[np.ndarra
     return times
 
 
+def interleaved_medians(calls: Sequence[Callable[[np.ndarray], object]], inputs: Sequence[np.ndarray],
+                        rounds: int, calls_per_round: int) -> np.ndarray:
+    """(rounds, models) per-round median latency in ms. Each round runs `calls_per_round` calls
+    of every model, in an order rotated per round, so a slow phase of a shared machine hits
+    every model alike; ratios to a reference are taken within a round (see ab_latency)."""
+    for call in calls:
+        warm_up(call, inputs)
+    medians = np.zeros((rounds, len(calls)))
+    for r in range(rounds):
+        for m in [(r + i) % len(calls) for i in range(len(calls))]:
+            medians[r, m] = 1000 * np.median(timed_calls(calls[m], inputs, 0.0, calls_per_round))
+    return medians
+
+
 def latency_stats(seconds: Sequence[float]) -> dict[str, float]:
     """Median, p90, p99 and mean in milliseconds."""
     ms = 1000 * np.asarray(seconds, dtype=np.float64)

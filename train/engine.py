@@ -31,7 +31,8 @@ from babo_edge.models.builders import ModelConfig, build_model
 from babo_edge.models.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from babo_edge.models.detector import BABODetector
 from babo_edge.train.data import Batch, DetectionData, collate
-from babo_edge.train.options import BN_MODES, MODES
+from babo_edge.models.pruning import apply_masks, magnitude_masks, prune_channels, sparsity_at
+from babo_edge.train.options import BN_MODES, MODES, PruneSpec
 from babo_edge.train.losses import OMGLossConfig, fg_ratio_penalty, multibox_loss, omg_loss
 from babo_edge.train.masks import check_source, external_mask
 
@@ -81,6 +82,9 @@ class TrainConfig:
     bn: str = "auto"  # detector BatchNorm: train | frozen | auto (frozen when fine-tuning on masks)
     threads: int | None = None  # torch CPU threads; None: every core (waits passively, see configure_cpu)
     channels_last: bool = True  # NHWC on CPU: faster convs, same numbers
+    prune: str | None = None  # models.pruning.PruneSpec text: magnitude:R[:scope] | channels:R[:scope]
+    prune_ramp: float = 0.5  # magnitude: the sparsity reaches R after this fraction of the iterations
+    prune_every: int = 20  # magnitude: iterations between re-rankings of the weights during the ramp
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -116,6 +120,8 @@ class TrainConfig:
             raise ValueError(f"fg_ratio_target must be in (0, 1), got {self.fg_ratio_target}")
         if self.bn not in BN_MODES:
             raise ValueError(f"bn must be one of {BN_MODES}, got {self.bn!r}")
+        if self.prune is not None:
+            PruneSpec.parse(self.prune)
 
     @property
     def masked(self) -> bool:
@@ -176,11 +182,34 @@ def prepare_model(config: TrainConfig) -> BABODetector:
         if model.omg is None:
             raise ValueError("--omg-init needs a model with an OMG (mode omg, e2e, or pipeline with mask source omg)")
         load_weights(config.omg_init, "OMG", model.omg, load_checkpoint(config.omg_init).omg_state)
+    freeze_for_mode(config, model)
+    return model
+
+
+def freeze_for_mode(config: TrainConfig, model: BABODetector) -> None:
+    """Freeze what the mode does not train."""
     if config.mode == "omg":
         model.detector.requires_grad_(False)
     if config.mode == "pipeline" and model.omg is not None:
         model.omg.requires_grad_(False)
-    return model
+
+
+class MagnitudeSchedule:
+    """Fine-tuning under magnitude pruning: the sparsity ramps from 0 to the target over the
+    first `config.prune_ramp` of the iterations (re-ranked every `config.prune_every`), and the
+    current masks are re-applied after every optimizer step, so pruned weights stay 0."""
+
+    def __init__(self, config: TrainConfig, model: BABODetector, spec: PruneSpec, total_iters: int):
+        self.config, self.model, self.spec = config, model, spec
+        self.ramp = round(config.prune_ramp * total_iters)
+        self.masks: dict = {}
+
+    def after_step(self, iteration: int) -> None:
+        """`iteration` = optimizer steps done so far."""
+        if not self.masks or (iteration <= self.ramp and iteration % self.config.prune_every == 0):
+            ratio = sparsity_at(iteration, self.ramp, self.spec.ratio)
+            self.masks = magnitude_masks(self.model, ratio, self.spec.scope)
+        apply_masks(self.masks)
 
 
 def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -279,6 +308,11 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
     dataset = dataset_for(config, config.split)
     config = replace(config, model=replace(config.model, num_classes=len(dataset.class_names)))
     model = prepare_model(config)
+    spec = PruneSpec.parse(config.prune) if config.prune else None
+    if spec is not None and spec.method == "channels":  # one-shot, then fine-tuning
+        model, pruned = prune_channels(model, config.model, spec.ratio, spec.scope)
+        config = replace(config, model=pruned)
+        freeze_for_mode(config, model)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     data = DetectionData(dataset, config.model.input_size, train=True, mean=config.model.mean, seed=config.seed)
@@ -304,6 +338,9 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
         start_epoch, iteration = ckpt.training_state["epoch"], ckpt.training_state["iteration"]
     out_dir = Path(config.out)
     iters_per_epoch = max(len(loader), 1)
+    total_iters = min(config.epochs * iters_per_epoch, config.max_iters or config.epochs * iters_per_epoch)
+    schedule = (MagnitudeSchedule(config, model, spec, total_iters)
+                if spec is not None and spec.method == "magnitude" else None)
     last = out_dir / "last.pt"
     history = []
     started = time.time()
@@ -322,6 +359,8 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
                 group["lr"] = lr_at(config, iteration, iters_per_epoch)
             stats = train_step(config, model, forward, optimizer, batch)
             iteration += 1
+            if schedule is not None:
+                schedule.after_step(iteration)
             steps += 1
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v

@@ -141,6 +141,7 @@ class EvalResult:
     zero_ratio: float  # zeros at conv inputs, OMG + OD
     gmac: float  # OMG + OD, Eq. 3
     gmac_star: float  # OMG + OD, Eq. 4 averaged over the images
+    gmac_star_w: float | None  # OMG + OD, MAC* that also skips zero weights (models.accounting)
     networks: dict[str, dict[str, float]]  # per network: gmac, gmac_star, zero_ratio
     images: int
     report: dict  # the full models.accounting report
@@ -234,6 +235,7 @@ def evaluate(model: BABODetector, data: DataSpec, *, input_size: tuple[int, int]
     recall = recall_summary(np.concatenate(hits), np.concatenate(areas)) if hits else None
     return EvalResult(metrics=coco_metrics(coco, detections, image_ids), mask_source=source,
                       fg_ratio=report["fg_ratio"], instance_recall=recall, **figures(report["totals"]),
+                      gmac_star_w=report["totals"]["mac_star_w"] / 1e9,
                       networks={net: figures(section["totals"]) for net, section in report["networks"].items()},
                       images=count, report=report)
 

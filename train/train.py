@@ -20,7 +20,7 @@ from dataclasses import replace
 
 from babo_edge.errors import run_cli
 from babo_edge.models.cli import parse_size
-from babo_edge.train.options import BN_MODES, MODES
+from babo_edge.train.options import BN_MODES, MODES, PruneSpec
 
 
 def parse_ohnem(text: str) -> float:
@@ -30,6 +30,15 @@ def parse_ohnem(text: str) -> float:
         return neg / pos
     except ValueError:
         raise argparse.ArgumentTypeError(f"OHNEM ratio must look like 1:3, got {text!r}") from None
+
+
+def prune_spec(text: str) -> str:
+    """Validated --prune text (kept as text: it is stored in the TrainConfig)."""
+    try:
+        PruneSpec.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def build_config(args: argparse.Namespace):
@@ -60,7 +69,7 @@ def build_config(args: argparse.Namespace):
     overrides = {k: getattr(args, k) for k in (
         "data", "split", "mask_gt", "init", "omg_init", "epochs", "batch_size", "optimizer", "lr",
         "weight_decay", "schedule", "steps", "warmup_iters", "omg_loss_weight", "workers", "seed",
-        "out", "max_iters", "bn", "threads", "fg_ratio_target", "fg_ratio_weight") if getattr(args, k) is not None}
+        "out", "max_iters", "bn", "threads", "fg_ratio_target", "fg_ratio_weight", "prune") if getattr(args, k) is not None}
     if args.no_mask_aware_loss:
         overrides["mask_aware_loss"] = False
     return replace(config, mode=mode, mask_source=source, model=model, omg_loss=omg_loss, **overrides)
@@ -107,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int)
     p.add_argument("--out")
     p.add_argument("--max-iters", type=int)
+    p.add_argument("--prune", type=prune_spec, metavar="SPEC",
+                   help="magnitude:R[:scope] (sparsity ramps to R while training) or channels:R[:scope] "
+                        "(channels removed once at start, then fine-tuned); scope backbone|heads|all")
     p.add_argument("--resume", help="checkpoint written by a previous run (restores the optimizer)")
     args = p.parse_args(argv)
     # torch and the training loop only now: --help and argument errors stay fast.

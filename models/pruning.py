@@ -1,0 +1,176 @@
+"""Pruning of the detector (the compressed-object-detection paper): magnitude and channels.
+
+- `magnitude`: global unstructured magnitude pruning. The `ratio` of the conv weights in
+  scope with the smallest |w| (one threshold over all of them) are set to exactly 0 in
+  place; nothing is hooked into the model, so a checkpoint saves and exports as usual.
+  OpenVINO gains no time from such zeros; the INT8 .bin only compresses better.
+- `channels`: L2-norm unit pruning that physically removes channels (MobileNetV2-SSDLite
+  only), ranked by the L2 norm of each channel's column in the 1x1 conv that consumes it:
+  * the hidden channels of each inverted residual: expansion out, depthwise and projection
+    in are one group, so the residual adds (block outputs) keep their width. The SSDLite
+    tap on stages[5][0]'s expansion output feeds head level 0, whose depthwise + 1x1
+    branches shrink with it;
+  * the middle ('half') channels of each SSDLite extra level (1x1 -> dw -> 1x1).
+  Not prunable: the t=1 block of stage1 (its hidden channels are the stem output), every
+  block output, the final 1x1 conv and the extra levels' outputs (they are residual inputs
+  or head inputs, shared by several consumers), and the head branches (a depthwise conv on
+  the feature, then the 1x1 predictor whose outputs are anchors x classes: no inner width).
+  VGG16-SSD512 and RetinaNet builders have no per-layer widths, so channels refuses them.
+The mask path and the OMG are never pruned: the mask must stay the trained binary mask.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from babo_edge.models.builders import ModelConfig, build_model
+from babo_edge.models.detector import BABODetector
+
+SCOPES = ("backbone", "heads", "all")  # train.options.PRUNE_SCOPES (a test checks)
+
+
+def scoped_convs(model: BABODetector, scope: str) -> list[nn.Conv2d]:
+    """Detector convs of a scope: backbone, heads (neck + head) or all; never the OMG."""
+    det = model.detector
+    roots = {"backbone": [det.backbone], "heads": [det.neck, det.head],
+             "all": [det.backbone, det.neck, det.head]}
+    if scope not in roots:
+        raise ValueError(f"unknown pruning scope {scope!r}; known: {SCOPES}")
+    roots = roots[scope]
+    return [m for root in roots for m in root.modules() if isinstance(m, nn.Conv2d)]
+
+
+@torch.no_grad()
+def magnitude_masks(model: BABODetector, ratio: float, scope: str = "all") -> dict[nn.Conv2d, torch.Tensor]:
+    """Keep-masks (bool, weight-shaped) zeroing exactly round(ratio * n) of the n weights in
+    scope, those of smallest |w| (one global ranking; ties broken by position)."""
+    convs = scoped_convs(model, scope)
+    magnitudes = torch.cat([c.weight.detach().abs().flatten() for c in convs])
+    pruned = round(ratio * magnitudes.numel())
+    keep = torch.ones_like(magnitudes, dtype=torch.bool)
+    if pruned:
+        keep[torch.argsort(magnitudes, stable=True)[:pruned]] = False
+    masks, start = {}, 0
+    for conv in convs:
+        n = conv.weight.numel()
+        masks[conv] = keep[start:start + n].view_as(conv.weight)
+        start += n
+    return masks
+
+
+@torch.no_grad()
+def apply_masks(masks: dict[nn.Conv2d, torch.Tensor]) -> None:
+    """Zero the pruned weights (after every optimizer step while fine-tuning)."""
+    for conv, keep in masks.items():
+        conv.weight.mul_(keep)
+
+
+def prune_magnitude(model: BABODetector, ratio: float, scope: str = "all") -> dict[nn.Conv2d, torch.Tensor]:
+    """One-shot global magnitude pruning in place (the paper's); returns the masks."""
+    masks = magnitude_masks(model, ratio, scope)
+    apply_masks(masks)
+    return masks
+
+
+def sparsity_at(step: int, ramp_steps: int, target: float) -> float:
+    """Cubic sparsity ramp of Zhu & Gupta (2017): 0 at step 0, `target` from `ramp_steps` on;
+    prunes fast while the network still has redundancy, slowly near the target."""
+    if ramp_steps <= 0 or step >= ramp_steps:
+        return target
+    return target * (1 - (1 - step / ramp_steps) ** 3)
+
+
+def weight_sparsity(model: BABODetector, scope: str = "all") -> float:
+    """Fraction of exactly-zero weights among the conv weights of a scope."""
+    convs = scoped_convs(model, scope)
+    total = sum(c.weight.numel() for c in convs)
+    return sum(int((c.weight == 0).sum()) for c in convs) / total
+
+
+# --- channel pruning (MobileNetV2-SSDLite) ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Group:
+    """One prunable channel group: convs whose output channels (dim 0) are the group,
+    BatchNorms on it, and convs whose input channels (dim 1) are the group."""
+
+    out_convs: tuple[str, ...]
+    norms: tuple[str, ...]
+    in_convs: tuple[str, ...]
+    ranking: str  # the consuming 1x1 conv whose columns rank the channels
+
+
+def _groups(model: BABODetector, scope: str) -> tuple[list[tuple[str, int, _Group]], list[tuple[str, int, _Group]]]:
+    """(part, index, group) of the backbone blocks and extra levels in scope, by state keys."""
+    det = model.detector
+    backbone, extras = [], []
+    if scope in ("backbone", "all"):
+        index = 0
+        for s, stage in enumerate(det.backbone.stages):
+            for b, block in enumerate(stage):
+                p = f"detector.backbone.stages.{s}.{b}."
+                if not isinstance(block.expand, nn.Identity):
+                    out_convs, norms = [p + "expand.0", p + "depthwise.0"], [p + "expand.1", p + "depthwise.1"]
+                    in_convs = [p + "project.0"]
+                    if s == 5 and b == 0:  # the SSDLite tap: head level 0 reads this tensor
+                        for branch in ("cls", "box"):
+                            h = f"detector.head.{branch}.0."
+                            out_convs.append(h + "0.0")
+                            norms.append(h + "0.1")
+                            in_convs.append(h + "1")
+                    backbone.append(("backbone", index, _Group(tuple(out_convs), tuple(norms),
+                                                               tuple(in_convs), p + "project.0")))
+                index += 1
+    if scope in ("heads", "all"):
+        for i in range(len(det.neck.levels)):
+            p = f"detector.neck.levels.{i}."
+            extras.append(("extras", i, _Group((p + "0.0", p + "1.0"), (p + "0.1", p + "1.1"),
+                                               (p + "2.0",), p + "2.0")))
+    return backbone, extras
+
+
+def published_widths(model: BABODetector) -> dict[str, list[int]]:
+    det = model.detector
+    return {"backbone": [block.hidden_channels for stage in det.backbone.stages for block in stage],
+            "extras": [level[0][0].out_channels for level in det.neck.levels]}
+
+
+def kept_channels(channels: int, ratio: float) -> int:
+    """Channels left after pruning `ratio` of them (rounded, at least one)."""
+    return max(1, math.floor(channels * (1 - ratio) + 0.5))
+
+
+@torch.no_grad()
+def prune_channels(model: BABODetector, config: ModelConfig, ratio: float,
+                   scope: str = "all") -> tuple[BABODetector, ModelConfig]:
+    """A new, narrower model: in every group in scope, the `ratio` of channels with the
+    smallest L2 norm are removed (see the module docstring for the groups). The returned
+    config carries the widths, so `build_model(config)` rebuilds it."""
+    if config.arch != "mnv2-ssdlite":
+        raise ValueError(f"channel pruning supports mnv2-ssdlite only (the {config.arch} builder "
+                         "has no per-layer widths); use magnitude pruning")
+    state = model.state_dict()
+    widths = published_widths(model) if config.pruned_widths is None else {
+        k: list(v) for k, v in {**published_widths(model), **config.pruned_widths}.items()}
+    backbone, extras = _groups(model, scope)
+    for part, index, group in backbone + extras:
+        columns = state[group.ranking + ".weight"]
+        norms = columns.transpose(0, 1).flatten(1).norm(dim=1)
+        keep = torch.argsort(norms, descending=True, stable=True)[:kept_channels(len(norms), ratio)]
+        keep = keep.sort().values
+        for name in group.out_convs:
+            state[name + ".weight"] = state[name + ".weight"][keep]
+        for name in group.norms:
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                state[f"{name}.{key}"] = state[f"{name}.{key}"][keep]
+        for name in group.in_convs:
+            state[name + ".weight"] = state[name + ".weight"][:, keep]
+        widths[part][index] = len(keep)
+    pruned_config = replace(config, pruned_widths=widths)
+    pruned = build_model(pruned_config)
+    pruned.load_state_dict(state)
+    return pruned.train(model.training), pruned_config
