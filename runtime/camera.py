@@ -28,6 +28,7 @@ import contextlib
 import os
 import queue
 import secrets
+import shutil
 import signal
 import sys
 import threading
@@ -104,8 +105,13 @@ class CaptureSource:
         return fps if 1 <= fps <= 240 else None
 
     def read(self) -> Any:
-        """The next frame, or None when there is none (end of file, or a live failure)."""
+        """The next frame, or None when there is none (end of file, or a live failure). A live
+        source's empty frame (a camera that "succeeds" with nothing, seen on some USB drivers) is
+        a failure too, so the source is reopened rather than skipped frame after frame for ever;
+        a file's is passed on (and skipped with a warning by the pipeline)."""
         ok, frame = self._capture.read()
+        if ok and self.live and (frame is None or getattr(frame, "size", 0) == 0):
+            return None
         return frame if ok else None
 
     def reopen(self) -> bool:
@@ -266,16 +272,18 @@ class Pipeline:
     def __init__(self, model: ov.Model, source: Source, device: str = "CPU", *, hint: str = "LATENCY",
                  num_requests: int = 2, score_threshold: float | None = DISPLAY_THRESHOLD,
                  config: Mapping[str, Any] | None = None, max_frames: int | None = None, retries: int = RETRIES,
-                 backoff_s: float = BACKOFF_S, core: ov.Core | None = None, execution: str = "dense"):
+                 backoff_s: float = BACKOFF_S, core: ov.Core | None = None, execution: str = "dense",
+                 counters: bool = True):
         """`score_threshold`: None for the IR's confidence_threshold. `execution`: see
-        runtime.detector.Detector; only "dense" has the zero counters (`counter`, else None)."""
+        runtime.detector.Detector; only "dense" has the zero counters (`counter`, else None), and
+        only with `counters` (False: the plain IR, faster, no GMAC*)."""
         self.source, self.max_frames, self.retries, self.backoff_s = source, max_frames, retries, backoff_s
-        dense = execution == "dense"
-        self.detector = Detector.from_model(instrumented(model) if dense else model, device, hint=hint,
+        counted = counters and execution == "dense"
+        self.detector = Detector.from_model(instrumented(model) if counted else model, device, hint=hint,
                                             num_requests=num_requests, score_threshold=score_threshold, config=config,
-                                            core=core, callback=self._on_result, keep_outputs=dense,
+                                            core=core, callback=self._on_result, keep_outputs=counted,
                                             execution=execution)
-        self.counter = SparsityCounter.from_model(model) if dense else None
+        self.counter = SparsityCounter.from_model(model) if counted else None
         self.dropped = 0
         self.ended: str | None = None
         self._slots = threading.BoundedSemaphore(self.detector.num_requests)
@@ -525,6 +533,7 @@ class AtomicVideoWriter:
         self._writer: cv2.VideoWriter | None = None
         self._temporary: Path | None = None
         self._size: tuple[int, int] | None = None
+        self._written = 0
 
     def write(self, image: np.ndarray) -> None:
         image = pad_to_even(image)
@@ -533,13 +542,22 @@ class AtomicVideoWriter:
         if (image.shape[1], image.shape[0]) != self._size:
             image = cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
         self._writer.write(image)
+        self._written += 1
 
     def close(self) -> Path | None:
-        """Finishes and publishes the video; None when no frame was written (nothing published)."""
+        """Finishes and publishes the video; None when no frame was written (nothing published).
+        OpenCV's encoder does not report failed writes (a full disk): the finished file is read
+        back and published only if it holds every frame, else removed with an OutputError."""
         if self._writer is None:
             return None
         self._writer.release()
         self._writer = None
+        found = video_frame_count(self._temporary)
+        if found != self._written:
+            self._temporary.unlink(missing_ok=True)
+            free = shutil.disk_usage(self.path.parent).free
+            raise OutputError(f"cannot write {self.path}: the encoded file holds {found} of {self._written} frames "
+                              f"({free // 2**20} MB free{': disk full' if free < 2**20 else ''}); nothing published")
         os.replace(self._temporary, self.path)
         return self.path
 
@@ -559,6 +577,16 @@ class AtomicVideoWriter:
             self._writer = None
             self._temporary.unlink(missing_ok=True)
             raise OutputError(f"cannot write {self.path}: OpenCV has no mp4v encoder for {size[0]}x{size[1]}")
+
+
+def video_frame_count(path: Path) -> int:
+    """Frames the container of `path` says it holds; 0 when it cannot be opened (e.g. an mp4 whose
+    index, written last, did not fit on the disk)."""
+    capture = cv2.VideoCapture(str(path))
+    try:
+        return int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
+    finally:
+        capture.release()
 
 
 # --- the window ---
@@ -586,44 +614,60 @@ class Window:
 
 # --- the session ---
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 @contextlib.contextmanager
-def stop_on_sigint(stop: Callable[[], None]) -> Iterator[None]:
-    """The first Ctrl-C calls `stop` (capture ends, the frames in flight are still drawn and
-    written: a clean end); a second one raises KeyboardInterrupt as usual. Signals reach the main
-    thread only, so elsewhere this does nothing."""
+def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
+    """The first Ctrl-C (SIGINT) or SIGTERM (kill, systemd, docker stop) calls `stop` (capture
+    ends, the frames in flight are still drawn and written: a clean end); a second one of either
+    raises KeyboardInterrupt (abort: the video is discarded). The handlers before are restored on
+    exit. Signals reach the main thread only, so elsewhere this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.getsignal(signal.SIGINT)
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    stopping = False
 
-    def on_sigint(signum, frame):
-        signal.signal(signal.SIGINT, previous)
-        print("\nstopping: finishing the frames in flight (Ctrl-C again to abort)", file=sys.stderr)
+    def on_signal(signum, frame):
+        nonlocal stopping
+        if stopping:
+            raise KeyboardInterrupt
+        stopping = True
+        print(f"\nstopping ({signal.Signals(signum).name}): finishing the frames in flight (Ctrl-C again to abort)",
+              file=sys.stderr)
         stop()
 
-    signal.signal(signal.SIGINT, on_sigint)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, on_signal)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @dataclass(frozen=True)
 class Session:
     frames: int
     dropped: int
-    ended: str  # "end of source", "source lost", "max frames" or "stopped" (Ctrl-C, window closed)
+    ended: str  # "end of source", "source lost", "max frames" or "stopped" (Ctrl-C, SIGTERM, window closed)
     fps: float
     mean_latency_ms: float
     video: Path | None
     report: dict | None  # models.accounting schema ({"meta"} only without counters); None: no frame processed
+    video_error: str | None = None  # why `output` was not published (e.g. disk full); the report is still made
 
 
 def run(pipeline: Pipeline, *, output: str | os.PathLike | None = None, show: bool = False,
-        meta: Mapping[str, Any] | None = None, status_every_s: float = STATUS_EVERY_S) -> Session:
+        meta: Mapping[str, Any] | None = None, status_every_s: float = STATUS_EVERY_S,
+        on_frame: Callable[[Delivered], None] | None = None) -> Session:
     """Runs `pipeline` to its end: counts, draws, shows (`show`) and writes (`output`) every frame;
-    without a window, prints a status line every `status_every_s`. The report's meta is `meta`
-    plus this run's figures. A second Ctrl-C (KeyboardInterrupt) or an error discards the video."""
+    without a window, prints a status line every `status_every_s`. `on_frame` sees every delivered
+    frame once drawn (benchmarks/soak.py records latency and memory). The report's meta is `meta`
+    plus this run's figures. A second Ctrl-C or SIGTERM (KeyboardInterrupt) or an error discards
+    the video; a video that could not be finished (disk full) is removed and named in
+    `video_error`, the report is still made."""
     writer = window = None
     counter = pipeline.counter
     stats = Stats(mac=sum(conv_macs(layer) for layer in counter.layers) if counter else 0.0)
@@ -631,7 +675,7 @@ def run(pipeline: Pipeline, *, output: str | os.PathLike | None = None, show: bo
     try:
         writer = AtomicVideoWriter(output, pipeline.source.fps or DEFAULT_VIDEO_FPS) if output else None
         window = Window() if show else None
-        with stop_on_sigint(pipeline.request_stop):
+        with stop_on_signals(pipeline.request_stop):
             pipeline.start()
             for delivered in pipeline.deliveries():
                 stats.add(delivered, frame_mac_star(counter.add(delivered.result.outputs)[0]) if counter else None)
@@ -643,6 +687,8 @@ def run(pipeline: Pipeline, *, output: str | os.PathLike | None = None, show: bo
                 if not window and delivered.delivered_at - last_status >= status_every_s:
                     print(stats.status())
                     last_status = delivered.delivered_at
+                if on_frame:
+                    on_frame(delivered)
     except BaseException:
         if writer:
             writer.discard()
@@ -651,7 +697,12 @@ def run(pipeline: Pipeline, *, output: str | os.PathLike | None = None, show: bo
         pipeline.close()
         if window:
             window.close()
-    video = writer.close() if writer else None
+    video = video_error = None
+    if writer:
+        try:
+            video = writer.close()
+        except OutputError as e:
+            video_error = str(e)
     figures = {"source": pipeline.source.name, "device": pipeline.detector.device, "frames": stats.frames,
                "dropped_frames": pipeline.dropped, "ended": pipeline.ended, "fps": stats.mean_fps,
                "mean_latency_ms": 1000 * stats.mean_latency_s, "requests": pipeline.detector.num_requests}
@@ -659,4 +710,4 @@ def run(pipeline: Pipeline, *, output: str | os.PathLike | None = None, show: bo
     meta = {**(meta or {}), **figures}
     report = None if not stats.frames else counter.report(meta) if counter else {"meta": meta}
     return Session(frames=stats.frames, dropped=pipeline.dropped, ended=pipeline.ended, fps=stats.mean_fps,
-                   mean_latency_ms=1000 * stats.mean_latency_s, video=video, report=report)
+                   mean_latency_ms=1000 * stats.mean_latency_s, video=video, report=report, video_error=video_error)

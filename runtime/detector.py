@@ -133,7 +133,9 @@ def read_ir(xml_path: str | os.PathLike, core: ov.Core) -> ov.Model:
         if b"<net " not in file.read(4096):
             raise ModelError(f"{path}: not an OpenVINO IR (no <net> element)")
     try:
-        return core.read_model(str(path), str(weights))
+        # Weights copied, not mmap'ed: a .bin truncated in place under a running app (a copy or
+        # an export over it) would otherwise kill the process with SIGBUS at the next inference.
+        return core.read_model(str(path), str(weights), {"ENABLE_MMAP": False})
     except RuntimeError as e:
         raise ModelError(f"{path}: unreadable OpenVINO IR ({openvino_message(e)})") from None
 

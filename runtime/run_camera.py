@@ -8,13 +8,16 @@ latency and live GMAC* drawn on them.
 
 Default model: the exported demo model (models/zoo/babo-ssdlite-256_ir/INT8/model.xml); default
 source: camera 0, else the built-in demo video. Without a display (or with --no-show) no window
-opens; the video and report are still written. Stop with Ctrl-C, q or Esc: the frames in flight
-are finished, the video and the MAC* report are written, and the per-block table is printed.
-Exit 0 after a run (end of source, lost live source, Ctrl-C), 2 on bad input (device, model,
-source, unwritable output, no frame at all: nothing written), 130 on a second Ctrl-C (abort,
-nothing written). --execution roi|auto runs the detector OMG-first on the foreground's crop
-(runtime.sparse; same detections): the overlay shows the path and the crop, and there are no
-zero counters, hence no GMAC*, per-block table or --plot.
+opens; the video and report are still written. Stop with Ctrl-C, SIGTERM, q or Esc: the frames
+in flight are finished, the video and the MAC* report are written, and the per-block table is
+printed. A live source that fails (no frame, or an empty one) is reopened 3 times (after 0.5, 1,
+2 s), then the run ends as "source lost". Exit 0 after a run (end of source, lost live source,
+Ctrl-C, SIGTERM), 2 on bad input (device, model, source, unwritable output, no frame at all:
+nothing written) and on an output that failed at the end (disk full: that file is absent, the
+others are written whole), 130 on a second Ctrl-C or SIGTERM (abort, nothing written).
+--execution roi|auto runs the detector OMG-first on the foreground's crop (runtime.sparse; same
+detections): the overlay shows the path and the crop, and there are no zero counters, hence no
+GMAC*, per-block table or --plot.
 """
 from __future__ import annotations
 
@@ -22,7 +25,9 @@ import argparse
 import importlib.util
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 import openvino as ov
@@ -134,13 +139,23 @@ def run_app(args: argparse.Namespace) -> int:
     if session.video:
         print(f"video: {session.video}")
     if args.report:
-        write_json(args.report, session.report)
+        write_output(args.report, lambda: write_json(args.report, session.report))
         print(f"report: {args.report}")
     if args.plot:
         labels = (model.parent.parent.name or "this run", _model_name(other) if other else "")
-        plot_block_zeros(session.report, args.plot, other, labels)
+        write_output(args.plot, lambda: plot_block_zeros(session.report, args.plot, other, labels))
         print(f"plot: {args.plot}")
+    if session.video_error:  # after the report: what could be written is
+        raise OutputError(session.video_error)
     return 0
+
+
+def write_output(path: Path, write: Callable[[], Any]) -> None:
+    """`write()` (atomic: whole or absent), a failing disk (full, read-only) as a one-line error."""
+    try:
+        write()
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 if __name__ == "__main__":
