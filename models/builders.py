@@ -12,6 +12,7 @@ from typing import Callable
 from torch import nn
 
 from babo_edge.models.anchors import BoxCoder, retinanet_anchors, ssd512_priors, ssd_priors, ssdlite_priors
+from babo_edge.models.binary import binarize
 from babo_edge.models.detector import BABODetector, SingleShotDetector
 from babo_edge.models.fast_scnn import FastSCNN
 from babo_edge.models.mobilenetv2 import MobileNetV2
@@ -44,6 +45,8 @@ class ModelConfig:
     # SSDLite: the smallest prior (first level) as a fraction of the input side; None keeps
     # MMDetection's 48/320. A configuration, not the architecture: small objects need it.
     first_prior_size: float | None = None
+    # Binarized weights and activations (models/binary.py, scheme "bireal"); None: real-valued.
+    binarize: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -125,6 +128,9 @@ def build_detector(config: ModelConfig) -> SingleShotDetector:
 def build_model(config: ModelConfig) -> BABODetector:
     """The BABO model of `config`: with the Fast-SCNN OMG when `config.omg`, else vanilla."""
     omg: nn.Module | None = FastSCNN(2, foreground_bias=OMG_FOREGROUND_BIAS) if config.omg else None
-    return BABODetector(build_detector(config), omg, omg_size=config.omg_size if config.omg else None,
+    detector = build_detector(config)
+    if config.binarize:  # before BABODetector: its mask hooks attach to the convs present
+        binarize(detector, config.binarize)
+    return BABODetector(detector, omg, omg_size=config.omg_size if config.omg else None,
                         argmax=config.argmax, beta=config.beta, mean=config.mean, std=config.std,
                         postprocess=config.postprocess)
