@@ -162,3 +162,11 @@ def binarize(detector: nn.Module, scheme: str = "bireal") -> nn.Module:
 
 def binary_convs(model: nn.Module) -> list[tuple[str, BinaryConv2d]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, BinaryConv2d)]
+
+
+def parameter_bits(model: nn.Module) -> int:
+    """Model size the paper's way: binary conv weights at 1 bit (plus one 32-bit alpha per output
+    channel), every other parameter at 32 bits."""
+    binary = {id(m.weight): m for _, m in binary_convs(model)}
+    return sum(p.numel() + 32 * binary[id(p)].out_channels if id(p) in binary else 32 * p.numel()
+               for p in model.parameters())

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from babo_edge.models.accounting import ConvLayer, LayerCount, build_report, figures
-from babo_edge.models.binary import BinaryConv2d, BinaryConvBN, binarize, binary_conv_names, binary_convs, binary_sign
+from babo_edge.models.binary import (BinaryConv2d, BinaryConvBN, binarize, binary_conv_names, binary_convs, binary_sign,
+                                    parameter_bits)
 from babo_edge.models.builders import ModelConfig, build_model, vgg16_ssd512
 from babo_edge.models.profiling import mac_report
 from babo_edge.train.losses import information_bottleneck_loss, sparse_object_prior_loss
@@ -157,3 +158,9 @@ def test_export_gives_binary_convolutions_with_parity(tmp_path):
     result = compiled(x.numpy())
     assert np.abs(result[0] - eager.cls_logits.numpy()).max() < 1e-4
     assert np.abs(result[1] - eager.box_deltas.numpy()).max() < 1e-4
+
+
+def test_parameter_bits_count_binary_weights_at_one_bit():
+    model = nn.Sequential(BinaryConv2d(4, 8, 3, bias=False), nn.BatchNorm2d(8))
+    # 8*4*3*3 = 288 weights at 1 bit + 8 alphas at 32 bits; BN: 16 parameters at 32 bits
+    assert parameter_bits(model) == 288 + 8 * 32 + 16 * 32
