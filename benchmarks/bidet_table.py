@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    from babo_edge.models.accounting import figures
+    from babo_edge.models.accounting import binary_figures, figures
     from babo_edge.models.binary import parameter_bits
     from babo_edge.models.checkpoint import load_model
     from babo_edge.models.profiling import mac_report
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.checkpoints:
         model, ckpt = load_model(path)
         totals = mac_report(model.eval(), torch.zeros(1, 3, *ckpt.config.input_size))["totals"]
-        f = figures(totals)
+        f = figures(totals) | binary_figures(totals)
         print(f"| {path} | {parameter_bits(model) / 8e6:.2f} | {f['gmac']:.3f} | {f['binary_gops']:.3f} "
               f"| {f['gmac_equivalent']:.3f} |")
     return 0

@@ -166,11 +166,14 @@ class ReportAccumulator:
 
 
 def figures(totals: dict) -> dict[str, float]:
-    """gmac, gmac_star, zero_ratio, binary Gops and the paper's MAC-equivalent GMAC of a
-    report's `totals` section (or a network's)."""
+    """gmac, gmac_star and zero_ratio of a report's `totals` section (or a network's)."""
+    return {"gmac": totals["mac"] / 1e9, "gmac_star": totals["mac_star"] / 1e9, "zero_ratio": totals["zero_ratio"]}
+
+
+def binary_figures(totals: dict) -> dict[str, float]:
+    """Binary Gops and the BiDet paper's MAC-equivalent GMAC of a report's `totals` section."""
     binary_ops = totals.get("binary_ops", 0.0)
-    return {"gmac": totals["mac"] / 1e9, "gmac_star": totals["mac_star"] / 1e9, "zero_ratio": totals["zero_ratio"],
-            "binary_gops": binary_ops / 1e9, "gmac_equivalent": mac_equivalent(totals["mac"], binary_ops) / 1e9}
+    return {"binary_gops": binary_ops / 1e9, "gmac_equivalent": mac_equivalent(totals["mac"], binary_ops) / 1e9}
 
 
 def format_report(report: dict, *, per_layer: bool = True) -> str:
@@ -197,7 +200,7 @@ def format_report(report: dict, *, per_layer: bool = True) -> str:
     lines.append(f"total (OMG + OD): GMAC {t['mac'] / 1e9:.3f}  GMAC* {t['mac_star'] / 1e9:.3f}  "
                  f"zeros {100 * t['zero_ratio']:.2f}%  FG-ratio {fg_text}  images {report['images']}")
     if t.get("binary_ops"):
-        f = figures(t)
+        f = binary_figures(t)
         lines.append(f"binary layers: {f['binary_gops']:.3f} G binary ops (not in GMAC); GMAC with binary ops "
                      f"at 1/{BINARY_OPS_PER_MAC} (the BiDet paper's count): {f['gmac_equivalent']:.3f}")
     return "\n".join(lines)

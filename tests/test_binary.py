@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from babo_edge.models.accounting import ConvLayer, LayerCount, build_report, figures
+from babo_edge.models.accounting import ConvLayer, LayerCount, binary_figures, build_report
 from babo_edge.models.binary import (BinaryConv2d, BinaryConvBN, binarize, binary_conv_names, binary_convs, binary_sign,
                                     parameter_bits)
 from babo_edge.models.builders import ModelConfig, build_model, vgg16_ssd512
@@ -97,7 +97,7 @@ def test_mac_report_counts_binary_layers_as_binary_ops():
     # each layer: 8*4*4 inputs * 16 outputs = 2048 MACs; the binary one's are binary ops
     assert totals["mac"] == 2048 and totals["mac_star"] == (128 - 32) * 16
     assert totals["binary_ops"] == 2048
-    assert figures(totals)["gmac_equivalent"] == pytest.approx((2048 + 2048 / 64) / 1e9)
+    assert binary_figures(totals)["gmac_equivalent"] == pytest.approx((2048 + 2048 / 64) / 1e9)
 
 
 def test_mac_report_of_a_binarized_model():
