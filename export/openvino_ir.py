@@ -22,6 +22,8 @@ from babo_edge.models.builders import ModelConfig
 from babo_edge.models.detector import BABODetector
 from babo_edge.models.profiling import profile
 from babo_edge.artifacts import PRECISIONS
+# BinaryConvolution: the binary convs of models/binary.py, already rewritten by convert_model
+IR_CONVOLUTIONS = ("Convolution", "GroupConvolution", "BinaryConvolution")
 FP32_HINT = {"INFERENCE_PRECISION_HINT": "f32"}  # the CPU plugin would otherwise run bf16/fp16 where it can
 
 
@@ -73,7 +75,7 @@ def conv_table(model: BABODetector, ov_model: ov.Model, input_hw: tuple[int, int
     the path with the same conv shape. Every conv must be matched exactly once."""
     with torch.no_grad():
         layers = [count.layer for count in profile(model, torch.zeros(1, 3, *input_hw)).counts[0]]
-    nodes = [op for op in ov_model.get_ordered_ops() if op.get_type_name() in ("Convolution", "GroupConvolution")]
+    nodes = [op for op in ov_model.get_ordered_ops() if op.get_type_name() in IR_CONVOLUTIONS]
     if len(nodes) != len(layers):
         raise ValueError(f"the IR has {len(nodes)} convolutions, the model ran {len(layers)}")
     scopes: dict[str, list[ov.Node]] = {}

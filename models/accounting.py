@@ -26,6 +26,7 @@ class ConvLayer:
     kernel: tuple[int, int]
     stride: tuple[int, int]
     groups: int = 1
+    binary: bool = False  # sign(x) * sign(W) (models/binary.py): binary ops, not MACs
 
     @property
     def input_numel(self) -> int:
@@ -52,6 +53,14 @@ def conv_macs(layer: ConvLayer, zeros: float = 0.0) -> float:
     return nonzero * (layer.out_channels // layer.groups) * kh * kw / (sh * sw)
 
 
+BINARY_OPS_PER_MAC = 64  # BiDet / Bi-Real / XNOR-Net count 64 binary ops (one popcount word) as one MAC
+
+
+def mac_equivalent(mac: float, binary_ops: float) -> float:
+    """The paper's count: real MACs plus binary ops at 1/64 of a MAC each."""
+    return mac + binary_ops / BINARY_OPS_PER_MAC
+
+
 @dataclass
 class LayerCount:
     """One convolution with the (average) number of zeros found in its input and, when
@@ -67,12 +76,14 @@ class LayerCount:
         row = asdict(self.layer)
         row["input_shape"] = [self.layer.in_channels, *self.layer.input_hw]
         del row["input_hw"]
+        real = not self.layer.binary  # a binary layer's MACs are binary ops; zeros do not skip them
         row.update(
             zeros=self.zeros,
             zero_ratio=self.zeros / self.layer.input_numel,
-            mac=conv_macs(self.layer),
-            mac_star=conv_macs(self.layer, self.zeros),
-            mac_star_w=self.weight_mac_star,
+            mac=conv_macs(self.layer) if real else 0.0,
+            mac_star=conv_macs(self.layer, self.zeros) if real else 0.0,
+            mac_star_w=self.weight_mac_star if real or self.weight_mac_star is None else 0.0,
+            binary_ops=0.0 if real else conv_macs(self.layer),
         )
         return row
 
@@ -89,6 +100,7 @@ def _summary(rows: list[dict]) -> dict:
         "mac": sum(r["mac"] for r in rows),
         "mac_star": sum(r["mac_star"] for r in rows),
         "mac_star_w": None if None in weight_counts else sum(weight_counts),  # None: not measured
+        "binary_ops": sum(r.get("binary_ops", 0.0) for r in rows),
     }
 
 
@@ -170,6 +182,12 @@ def figures(totals: dict) -> dict[str, float]:
     return {"gmac": totals["mac"] / 1e9, "gmac_star": totals["mac_star"] / 1e9, "zero_ratio": totals["zero_ratio"]}
 
 
+def binary_figures(totals: dict) -> dict[str, float]:
+    """Binary Gops and the BiDet paper's MAC-equivalent GMAC of a report's `totals` section."""
+    binary_ops = totals.get("binary_ops", 0.0)
+    return {"binary_gops": binary_ops / 1e9, "gmac_equivalent": mac_equivalent(totals["mac"], binary_ops) / 1e9}
+
+
 def format_report(report: dict, *, per_layer: bool = True) -> str:
     """A readable table: per layer (optional), per block and totals, in GMAC / GMAC* / zeros%."""
     lines = []
@@ -194,4 +212,8 @@ def format_report(report: dict, *, per_layer: bool = True) -> str:
     weights = "" if t.get("mac_star_w") is None else f"GMAC* with weight zeros {t['mac_star_w'] / 1e9:.3f}  "
     lines.append(f"total (OMG + OD): GMAC {t['mac'] / 1e9:.3f}  GMAC* {t['mac_star'] / 1e9:.3f}  {weights}"
                  f"zeros {100 * t['zero_ratio']:.2f}%  FG-ratio {fg_text}  images {report['images']}")
+    if t.get("binary_ops"):
+        f = binary_figures(t)
+        lines.append(f"binary layers: {f['binary_gops']:.3f} G binary ops (not in GMAC); GMAC with binary ops "
+                     f"at 1/{BINARY_OPS_PER_MAC} (the BiDet paper's count): {f['gmac_equivalent']:.3f}")
     return "\n".join(lines)

@@ -12,6 +12,7 @@ from typing import Callable
 from torch import nn
 
 from babo_edge.models.anchors import BoxCoder, retinanet_anchors, ssd512_priors, ssd_priors, ssdlite_priors
+from babo_edge.models.binary import binarize
 from babo_edge.models.detector import BABODetector, SingleShotDetector
 from babo_edge.models.fast_scnn import FastSCNN
 from babo_edge.models.mobilenetv2 import MobileNetV2
@@ -48,6 +49,8 @@ class ModelConfig:
     # only: {"backbone": hidden channels per inverted residual, "extras": middle channels per
     # extra level}; a missing key keeps that part's published widths.
     pruned_widths: dict[str, list[int]] | None = None
+    # Binarized weights and activations (models/binary.py, scheme "bireal"); None: real-valued.
+    binarize: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -132,6 +135,9 @@ def build_detector(config: ModelConfig) -> SingleShotDetector:
 def build_model(config: ModelConfig) -> BABODetector:
     """The BABO model of `config`: with the Fast-SCNN OMG when `config.omg`, else vanilla."""
     omg: nn.Module | None = FastSCNN(2, foreground_bias=OMG_FOREGROUND_BIAS) if config.omg else None
-    return BABODetector(build_detector(config), omg, omg_size=config.omg_size if config.omg else None,
+    detector = build_detector(config)
+    if config.binarize:  # before BABODetector: its mask hooks attach to the convs present
+        binarize(detector, config.binarize)
+    return BABODetector(detector, omg, omg_size=config.omg_size if config.omg else None,
                         argmax=config.argmax, beta=config.beta, mean=config.mean, std=config.std,
                         postprocess=config.postprocess)

@@ -57,11 +57,18 @@ def save_checkpoint(path: str | os.PathLike, model: BABODetector, config: ModelC
     })
 
 
-def release_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, note: dict | None = None) -> Path:
+def release_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, note: dict | None = None,
+                       half: bool = False) -> Path:
     """A copy for shipping: same weights, config and metadata (plus `note`), without the
-    optimizer state that only --resume needs (it triples the size with Adam)."""
+    optimizer state that only --resume needs (it triples the size with Adam). `half` stores
+    float32 weights as float16 (half the file; loading casts them back to float32), for the
+    zoo's size budget: evaluate the released file, not its source."""
     data = _read(Path(src))
     data["training_state"] = None
+    if half:
+        for part in ("od_state", "omg_state"):
+            if data.get(part) is not None:
+                data[part] = {k: v.half() if v.dtype == torch.float32 else v for k, v in data[part].items()}
     data["metadata"] = {**(data.get("metadata") or {}), **(note or {})}
     return _write(Path(dst), data)
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from babo_edge.models.accounting import ConvLayer, LayerCount, ReportAccumulator
+from babo_edge.models.binary import BinaryConv2d
 from babo_edge.models.detector import BABODetector, BABOOutput
 
 
@@ -71,7 +72,7 @@ def profile(model: BABODetector, images: torch.Tensor, mask: torch.Tensor | None
                 name=name if repeat == 0 else f"{name}#{repeat}", network=network, block=block,
                 in_channels=module.in_channels, out_channels=module.out_channels,
                 input_hw=(int(x.shape[-2]), int(x.shape[-1])), kernel=tuple(module.kernel_size),
-                stride=tuple(module.stride), groups=module.groups)
+                stride=tuple(module.stride), groups=module.groups, binary=isinstance(module, BinaryConv2d))
             calls.append((layer, (x == 0).flatten(1).sum(dim=1), weight_mac_star(module, x)))
         return hook
 

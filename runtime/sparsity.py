@@ -38,7 +38,7 @@ from babo_edge.ir_metadata import MASK, SECTION
 CONVS_KEY = "convs"  # declared in babo_edge.ir_metadata
 ZEROS_PREFIX = "zeros/"
 MASK_OUTPUT = MASK
-CONVOLUTIONS = ("Convolution", "GroupConvolution")
+CONVOLUTIONS = ("Convolution", "GroupConvolution", "BinaryConvolution")  # the last: models/binary.py
 COUNT_TYPE = ov.Type.i32
 
 
@@ -78,7 +78,8 @@ def _layer(entry: dict, node: ov.Node) -> ConvLayer:
         name=entry["name"], network=entry["network"], block=entry["block"],
         in_channels=data[1].get_length(), out_channels=weights[0] * groups,
         input_hw=(data[2].get_length(), data[3].get_length()), kernel=tuple(weights[2:]),
-        stride=tuple(node.get_attributes()["strides"]), groups=groups)
+        stride=tuple(node.get_attributes()["strides"]), groups=groups,
+        binary=node.get_type_name() == "BinaryConvolution")
 
 
 def instrument(model: ov.Model) -> ov.Model:

@@ -154,6 +154,18 @@ def test_release_drops_the_optimizer_state_only(saved, tmp_path):
     load_model(out)
 
 
+def test_half_release_stores_float16_and_loads_as_float32(saved, tmp_path):
+    _, path = saved
+    from babo_edge.models.checkpoint import release_checkpoint
+    out = release_checkpoint(path, tmp_path / "half.pt", half=True)
+    original, shipped = load_checkpoint(path), load_checkpoint(out)
+    for key, value in original.od_state.items():
+        expected = value.half() if value.dtype == torch.float32 else value
+        assert shipped.od_state[key].dtype == expected.dtype and torch.equal(shipped.od_state[key], expected)
+    model, _ = load_model(out)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
 def test_atomic_writes_are_readable_like_ordinary_files(saved, tmp_path):
     """mkstemp makes 0600 files; a checkpoint or report is published with open()'s permissions."""
     umask = os.umask(0o022)

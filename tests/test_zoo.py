@@ -13,9 +13,10 @@ from babo_edge.train.evaluation import evaluate
 
 ZOO = Path(__file__).resolve().parents[1] / "models" / "zoo"
 VANILLA, BABO = ZOO / "vanilla-ssdlite-256.pt", ZOO / "babo-ssdlite-256.pt"
+BIDET = ZOO / "bidet-ssdlite-256.pt"
 
 
-@pytest.mark.parametrize("path", [VANILLA, BABO])
+@pytest.mark.parametrize("path", [VANILLA, BABO, BIDET])
 def test_zoo_checkpoints_load_and_match_the_builtin_classes(path, tiny_dataset):
     model, ckpt = load_model(path)
     assert ckpt.class_names == read_manifest(tiny_dataset)["class_names"]
@@ -36,3 +37,11 @@ def test_babo_blacks_out_background_and_costs_less(tiny_dataset):
     assert babo.gmac > vanilla.gmac  # the OMG's own cost is counted
     assert babo.gmac_star < 0.75 * vanilla.gmac_star
     assert vanilla.metrics["AP50"] > 10 and babo.metrics["AP50"] > 5
+
+
+def test_bidet_checkpoint_is_the_binarized_vanilla_detector():
+    from babo_edge.models.binary import binary_convs
+
+    model, ckpt = load_model(BIDET)
+    assert ckpt.config.binarize == "bireal" and ckpt.metadata["train_config"]["binarize"] == "bidet"
+    assert len(binary_convs(model)) == 17  # the 1x1 expansions and head_conv (models/binary.py)

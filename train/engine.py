@@ -32,8 +32,9 @@ from babo_edge.models.checkpoint import CheckpointError, load_checkpoint, load_w
 from babo_edge.models.detector import BABODetector
 from babo_edge.train.data import Batch, DetectionData, collate
 from babo_edge.models.pruning import apply_masks, magnitude_masks, prune_channels, sparsity_at
-from babo_edge.train.options import BN_MODES, MODES, PruneSpec
-from babo_edge.train.losses import OMGLossConfig, fg_ratio_penalty, multibox_loss, omg_loss
+from babo_edge.train.options import BN_MODES, MODES, PruneSpec, check_binarize
+from babo_edge.train.losses import (OMGLossConfig, fg_ratio_penalty, information_bottleneck_loss, multibox_loss,
+                                   omg_loss, sparse_object_prior_loss)
 from babo_edge.train.masks import check_source, external_mask
 
 
@@ -85,6 +86,11 @@ class TrainConfig:
     prune: str | None = None  # models.pruning.PruneSpec text: magnitude:R[:scope] | channels:R[:scope]
     prune_ramp: float = 0.5  # magnitude: the sparsity reaches R after this fraction of the iterations
     prune_every: int = 20  # magnitude: iterations between re-rankings of the weights during the ramp
+    # Binarized detector (models/binary.py): "plain" = sign + STE only (Xnor/Bi-Real baseline),
+    # "bidet" = plus the IB and sparse-object-prior losses from the first step decay on.
+    binarize: str | None = None
+    ib_weight: float = 0.1
+    prior_weight: float = 0.2  # the paper's gamma
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -122,6 +128,12 @@ class TrainConfig:
             raise ValueError(f"bn must be one of {BN_MODES}, got {self.bn!r}")
         if self.prune is not None:
             PruneSpec.parse(self.prune)
+        if self.binarize is not None:
+            check_binarize(self.binarize, self.mode, self.schedule, self.model.binarize)
+
+    def bidet_losses_on(self, iteration: int, iters_per_epoch: int) -> bool:
+        """BiDet's IB and prior terms switch on at the first LR decay (step schedule)."""
+        return self.binarize == "bidet" and iteration >= self.steps[0] * iters_per_epoch
 
     @property
     def masked(self) -> bool:
@@ -247,9 +259,10 @@ def omg_loss_config(config: TrainConfig) -> OMGLossConfig:
 
 
 def compute_losses(config: TrainConfig, model: BABODetector, forward, batch: Batch,
-                   stats: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
+                   stats: dict[str, float] | None = None, bidet: bool = False) -> dict[str, torch.Tensor]:
     """Loss terms of one batch. `forward` is the (possibly DDP-wrapped) model; `stats`, when
-    given, receives counts (dead positives: matched anchors the mask blacked out)."""
+    given, receives counts (dead positives: matched anchors the mask blacked out); `bidet` adds
+    BiDet's IB term on the head inputs and its sparse object prior on the detections."""
     gt_mask = batch.instance_masks if config.mask_gt == "instance" else batch.box_masks
     images = batch.images.contiguous(memory_format=torch.channels_last) if config.channels_last else batch.images
     losses = {}
@@ -258,7 +271,19 @@ def compute_losses(config: TrainConfig, model: BABODetector, forward, batch: Bat
         losses["omg"] = omg_loss(logits, gt_mask, omg_loss_config(config))
         return losses
     mask = external_mask(config.mask_source, batch, model) if config.mode == "pipeline" else None
-    out = forward(images, mask)
+    head_inputs: list[torch.Tensor] = []
+    hook = (model.detector.head.register_forward_pre_hook(lambda _m, args: head_inputs.extend(args[0]))
+            if bidet else None)
+    try:
+        out = forward(images, mask)
+    finally:
+        if hook is not None:
+            hook.remove()
+    if bidet:
+        detections = model.decode(out, tuple(images.shape[-2:]))
+        losses["ib"] = config.ib_weight * information_bottleneck_loss(head_inputs)
+        losses["prior"] = config.prior_weight * sparse_object_prior_loss(
+            detections[:, 2], detections[:, 0], images.shape[0])
     det = multibox_loss(out.cls_logits, out.box_deltas, out.anchors, batch.boxes, batch.labels,
                         model.detector.coder, alive=out.alive if config.mask_aware_loss else None)
     losses["cls"], losses["box"] = det.cls, det.box
@@ -273,11 +298,13 @@ def compute_losses(config: TrainConfig, model: BABODetector, forward, batch: Bat
 
 
 def train_step(config: TrainConfig, model: BABODetector, forward, optimizer: torch.optim.Optimizer,
-               batch: Batch) -> dict[str, float]:
+               batch: Batch, bidet: bool = False) -> dict[str, float]:
     optimizer.zero_grad(set_to_none=True)
     counts: dict[str, float] = {}
-    losses = compute_losses(config, model, forward, batch, counts)
+    losses = compute_losses(config, model, forward, batch, counts, bidet)
     total = sum(losses.values())
+    if not torch.isfinite(total):  # NaN guard (BiDet's reference code diverges): skip the step
+        return {"skipped": 1.0}
     total.backward()
     if config.grad_clip:
         # Per network: the surrogate gradient reaching the OMG through the mask is ~10x the
@@ -357,7 +384,8 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
         for batch in bar:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(config, iteration, iters_per_epoch)
-            stats = train_step(config, model, forward, optimizer, batch)
+            stats = train_step(config, model, forward, optimizer, batch,
+                               config.bidet_losses_on(iteration, iters_per_epoch))
             iteration += 1
             if schedule is not None:
                 schedule.after_step(iteration)

@@ -125,3 +125,23 @@ def fg_ratio_penalty(logits: torch.Tensor, target: float) -> torch.Tensor:
     OMG's own, where MAC* is saved, without pushing a mask that is already tight."""
     foreground = torch.softmax(logits, dim=1)[:, 1:].sum(dim=1)
     return F.relu(foreground.mean() - target) ** 2
+
+
+def information_bottleneck_loss(features: list[torch.Tensor]) -> torch.Tensor:
+    """BiDet's IB term as its reference code computes it: the mean squared activation of the
+    feature maps that feed the heads, averaged over the levels. Penalising their energy limits
+    the information the binary backbone passes on (paper Eq. 7's I(X; F) bound)."""
+    return torch.stack([f.pow(2).mean() for f in features]).mean()
+
+
+def sparse_object_prior_loss(scores: torch.Tensor, image_index: torch.Tensor, num_images: int) -> torch.Tensor:
+    """BiDet's sparse object prior: the entropy -sum p log p of the scores that survived NMS,
+    normalised per image (p = s / sum of the image's s), averaged over the images. Low entropy =
+    few confident detections: it suppresses the false positives of a binary detector.
+    Vectorised over images with index_add (no per-image or per-class loop); images without
+    detections add 0."""
+    image_index = image_index.long()
+    totals = scores.new_zeros(num_images).index_add(0, image_index, scores)
+    p = scores / totals[image_index].clamp_min(1e-12)
+    entropy = scores.new_zeros(num_images).index_add(0, image_index, -p * torch.log(p.clamp_min(1e-12)))
+    return entropy.mean()

@@ -20,7 +20,7 @@ from dataclasses import replace
 
 from babo_edge.errors import run_cli
 from babo_edge.models.cli import parse_size
-from babo_edge.train.options import BN_MODES, MODES, PruneSpec
+from babo_edge.train.options import BINARIZE, BN_MODES, MODES, PruneSpec
 
 
 def parse_ohnem(text: str) -> float:
@@ -55,6 +55,8 @@ def build_config(args: argparse.Namespace):
     mode = args.mode or config.mode
     source = args.mask_source or config.mask_source
     has_omg = mode in ("omg", "e2e") or (mode == "pipeline" and source == "omg")
+    if args.binarize is not None:
+        model = replace(model, binarize="bireal")
     if args.input_size is not None and args.omg_size is None:  # the paper's OMG runs at half size
         model = replace(model, omg_size=(model.input_size[0] // 2, model.input_size[1] // 2))
     model = replace(model, omg=has_omg, omg_size=(model.omg_size or (model.input_size[0] // 2, model.input_size[1] // 2))
@@ -69,7 +71,8 @@ def build_config(args: argparse.Namespace):
     overrides = {k: getattr(args, k) for k in (
         "data", "split", "mask_gt", "init", "omg_init", "epochs", "batch_size", "optimizer", "lr",
         "weight_decay", "schedule", "steps", "warmup_iters", "omg_loss_weight", "workers", "seed",
-        "out", "max_iters", "bn", "threads", "fg_ratio_target", "fg_ratio_weight", "prune") if getattr(args, k) is not None}
+        "out", "max_iters", "bn", "threads", "binarize", "fg_ratio_target", "fg_ratio_weight", "prune")
+        if getattr(args, k) is not None}
     if args.no_mask_aware_loss:
         overrides["mask_aware_loss"] = False
     return replace(config, mode=mode, mask_source=source, model=model, omg_loss=omg_loss, **overrides)
@@ -101,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="train blacked-out anchors too (the stock SSD loss; for comparison)")
     p.add_argument("--bn", choices=BN_MODES, help="detector BatchNorm: frozen statistics, train, or auto "
                                                   "(frozen when fine-tuning a checkpoint on masks)")
+    p.add_argument("--binarize", choices=BINARIZE,
+                   help="binarized detector: plain (sign + STE) or bidet (+ IB and sparse-prior losses)")
     p.add_argument("--threads", type=int, help="CPU threads (default: every core)")
     p.add_argument("--init", help="checkpoint to initialise from")
     p.add_argument("--omg-init", help="checkpoint whose OMG weights are loaded")

@@ -1,0 +1,166 @@
+"""Binarized convolutions (models/binary.py), the BiDet losses and the BinaryConvolution export."""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from babo_edge.models.accounting import ConvLayer, LayerCount, binary_figures, build_report
+from babo_edge.models.binary import (BinaryConv2d, BinaryConvBN, binarize, binary_conv_names, binary_convs, binary_sign,
+                                    parameter_bits)
+from babo_edge.models.builders import ModelConfig, build_model, vgg16_ssd512
+from babo_edge.models.profiling import mac_report
+from babo_edge.train.losses import information_bottleneck_loss, sparse_object_prior_loss
+from babo_edge.train.options import check_binarize
+
+
+def test_sign_forward_and_approxsign_gradient():
+    x = torch.tensor([-1.5, -0.5, 0.0, 0.25, 0.9, 1.2], requires_grad=True)
+    y = binary_sign(x)
+    assert y.tolist() == [-1, -1, -1, 1, 1, 1]  # sign(0) = -1, as the exported FakeQuantize
+    y.sum().backward()
+    assert x.grad.tolist() == pytest.approx([0.0, 1.0, 2.0, 1.5, 0.2, 0.0])  # 2 - 2|x| inside (-1, 1)
+
+
+def test_weight_alpha_sign_and_straight_through_gradient():
+    conv = BinaryConv2d(2, 2, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[0.5, -1.5], [-0.2, -0.4]]).view(2, 2, 1, 1))
+    assert conv.alpha().tolist() == pytest.approx([1.0, 0.3])
+    x = torch.tensor([0.7, -0.1]).view(1, 2, 1, 1)  # signs (+1, -1)
+    out = conv(x).flatten()
+    # channel 0: alpha 1 * (+1*+1 + -1*-1) = 2; channel 1: 0.3 * (-1*+1 + -1*-1) = 0
+    assert out.tolist() == pytest.approx([2.0, 0.0])
+    out[0].backward()
+    # d out0 / d W0 = alpha * sign(x) (straight through, |W| <= 1) + d alpha / d W0 * 2;
+    # W0[1] = -1.5 is outside the clip, so only its alpha path remains: 2 * sign(W) / 2 = -1.
+    assert conv.weight.grad.flatten().tolist() == pytest.approx([1 + 1, 0 - 1, 0, 0])
+
+
+def test_binary_activations_are_padded_with_minus_one():
+    conv = BinaryConv2d(1, 1, 3, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+    out = conv(torch.full((1, 1, 2, 2), 0.5))  # all +1 inside
+    # every 3x3 window holds the 4 inputs (+1) and 5 pads (-1): 4 - 5 = -1 (a 0 pad would give 4)
+    assert out.flatten().tolist() == [-1.0] * 4
+
+
+def mnv2_config(**overrides) -> ModelConfig:
+    return ModelConfig(num_classes=3, input_size=(64, 64), omg=False, omg_size=None, **overrides)
+
+
+def test_mnv2_binarization_keeps_the_real_layers_and_the_state_dict_keys():
+    real = build_model(mnv2_config())
+    binary = build_model(mnv2_config(binarize="bireal"))
+    assert binary.state_dict().keys() == real.state_dict().keys()  # an FP32 checkpoint initialises it
+    binary.load_state_dict(real.state_dict())
+    names = [name for name, _ in binary_convs(binary.detector)]
+    assert len(names) == 17  # 16 expansion convs (stages 2-7) + head_conv
+    assert names == binary_conv_names(binary.detector)
+    assert all(m.kernel_size == (1, 1) for _, m in binary_convs(binary))
+    assert not isinstance(binary.detector.backbone.stem[0], BinaryConv2d)
+    for name, module in binary.detector.named_modules():
+        if isinstance(module, nn.Conv2d) and (module.groups > 1 or name.startswith(("head", "neck"))):
+            assert not isinstance(module, BinaryConv2d), name
+
+
+def test_vgg16_trunk_binarizes_with_bn_and_shortcuts():
+    detector = binarize(vgg16_ssd512(ModelConfig(arch="vgg16-ssd512", num_classes=2, omg=False)))
+    blocks = {name: m for name, m in detector.backbone.named_modules() if isinstance(m, BinaryConvBN)}
+    assert len(blocks) == 14  # 13 VGG16 convs but conv1_1, plus fc6 and fc7
+    assert "block1.conv1_1" not in blocks and isinstance(detector.backbone.block1.conv1_1, nn.Conv2d)
+    # same width and stride 1: conv1_2, conv2_2, conv3_2/3, conv4_2/3, conv5_1..3, fc7 -> 10 shortcuts
+    assert sum(b.shortcut for b in blocks.values()) == 10
+    assert not any(isinstance(m, nn.ReLU) for m in detector.backbone.modules())
+    c4, fc7 = detector.backbone(torch.randn(1, 3, 64, 64))
+    assert c4.shape == (1, 512, 8, 8) and fc7.shape == (1, 1024, 4, 4)
+
+
+def test_old_configs_load_and_a_binarized_one_round_trips():
+    old = mnv2_config().to_dict()
+    del old["binarize"]  # written before the field existed
+    assert ModelConfig.from_dict(old).binarize is None
+    config = ModelConfig.from_dict(mnv2_config(binarize="bireal").to_dict())
+    assert len(binary_convs(build_model(config))) == 17
+
+
+def test_mac_report_counts_binary_layers_as_binary_ops():
+    real = ConvLayer("a", "od", "b", 8, 16, (4, 4), (1, 1), (1, 1))
+    binary = replace(real, name="c", binary=True)
+    totals = build_report([LayerCount(real, zeros=32), LayerCount(binary, zeros=32)])["totals"]
+    # each layer: 8*4*4 inputs * 16 outputs = 2048 MACs; the binary one's are binary ops
+    assert totals["mac"] == 2048 and totals["mac_star"] == (128 - 32) * 16
+    assert totals["binary_ops"] == 2048
+    assert binary_figures(totals)["gmac_equivalent"] == pytest.approx((2048 + 2048 / 64) / 1e9)
+
+
+def test_mac_report_of_a_binarized_model():
+    config = mnv2_config(binarize="bireal")
+    report = mac_report(build_model(config).eval(), torch.zeros(1, 3, 64, 64))
+    dense = mac_report(build_model(replace(config, binarize=None)).eval(), torch.zeros(1, 3, 64, 64))
+    rows = {r["name"]: r for r in report["networks"]["od"]["layers"]}
+    head = rows["backbone.head_conv.0"]  # 320 x 2x2 inputs -> 1280 channels
+    assert head["binary"] and head["mac"] == 0 and head["binary_ops"] == 320 * 2 * 2 * 1280
+    assert report["totals"]["mac"] + report["totals"]["binary_ops"] == dense["totals"]["mac"]
+
+
+def test_information_bottleneck_loss():
+    features = [torch.full((1, 2, 2, 2), 2.0), torch.tensor([1.0, -3.0]).view(1, 2, 1, 1)]
+    assert float(information_bottleneck_loss(features)) == pytest.approx((4.0 + 5.0) / 2)
+
+
+def test_sparse_object_prior_loss():
+    scores = torch.tensor([0.5, 0.5, 0.9, 0.3, 0.1], requires_grad=True)
+    image = torch.tensor([0, 0, 1, 2, 2])
+    loss = sparse_object_prior_loss(scores, image, num_images=4)
+    # image 0: p = (1/2, 1/2) -> ln 2; image 1: one box -> 0; image 2: (3/4, 1/4); image 3: none -> 0
+    h2 = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    assert float(loss.detach()) == pytest.approx((math.log(2) + h2) / 4)
+    loss.backward()
+    assert torch.isfinite(scores.grad).all()
+    assert float(scores.grad[2]) == pytest.approx(0.0, abs=1e-7)  # a lone detection has no entropy
+    assert float(scores.grad[3]) < 0 < float(scores.grad[4])  # sparser: the strong box up, the weak down
+
+
+def test_binarize_options_are_validated():
+    check_binarize("bidet", "vanilla", "step", "bireal")
+    with pytest.raises(ValueError, match="--schedule step"):
+        check_binarize("bidet", "vanilla", "cosine", "bireal")
+    with pytest.raises(ValueError, match="--mode vanilla"):
+        check_binarize("plain", "e2e", "step", "bireal")
+    with pytest.raises(ValueError, match="must be one of"):
+        check_binarize("xnor", "vanilla", "step", "bireal")
+
+
+def test_export_gives_binary_convolutions_with_parity(tmp_path):
+    ov = pytest.importorskip("openvino")
+    from babo_edge.export.onnx_export import export_onnx
+    from babo_edge.export.openvino_ir import compile_fp32, convert
+
+    torch.manual_seed(0)
+    model = build_model(mnv2_config(binarize="bireal")).eval()
+    path = export_onnx(model, (64, 64), tmp_path / "m.onnx", raw=True)
+    ir = convert(path)
+    packed = [op for op in ir.get_ops() if op.get_type_name() == "BinaryConvolution"]
+    assert len(packed) == 17 and all(op.input(1).get_element_type() == ov.Type.u1 for op in packed)  # 1-bit weights
+    compiled = compile_fp32(ir)
+    types = Counter(op.get_rt_info()["layerType"].astype(str) for op in compiled.get_runtime_model().get_ops())
+    assert types["BinaryConvolution"] == 17
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1)) * 255
+    with torch.no_grad():
+        eager = model(x)
+    result = compiled(x.numpy())
+    assert np.abs(result[0] - eager.cls_logits.numpy()).max() < 1e-4
+    assert np.abs(result[1] - eager.box_deltas.numpy()).max() < 1e-4
+
+
+def test_parameter_bits_count_binary_weights_at_one_bit():
+    model = nn.Sequential(BinaryConv2d(4, 8, 3, bias=False), nn.BatchNorm2d(8))
+    # 8*4*3*3 = 288 weights at 1 bit + 8 alphas at 32 bits; BN: 16 parameters at 32 bits
+    assert parameter_bits(model) == 288 + 8 * 32 + 16 * 32
