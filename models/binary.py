@@ -31,13 +31,18 @@ SCHEMES = ("bireal",)
 FQ_STEP = 1e-6
 
 
+def _sign(x: torch.Tensor) -> torch.Tensor:
+    """+1 where x > 0, else -1 (sign(0) = -1: a binary tensor has no zeros), in x's dtype."""
+    return torch.where(x > 0, 1.0, -1.0).to(x.dtype)
+
+
 class ApproxSign(torch.autograd.Function):
     """sign (0 -> -1) with Bi-Real's ApproxSign gradient; exported as a 2-level FakeQuantize."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x)
-        return torch.where(x > 0, 1.0, -1.0).to(x.dtype)
+        return _sign(x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
@@ -61,7 +66,7 @@ class WeightSign(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(w)
-        return torch.where(w > 0, 1.0, -1.0).to(w.dtype)
+        return _sign(w)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
