@@ -149,14 +149,15 @@ def timed_calls(call: Callable[[np.ndarray], object], inputs: Sequence[np.ndarra
 
 
 def interleaved_medians(calls: Sequence[Callable[[np.ndarray], object]], inputs: Sequence[np.ndarray],
-                        rounds: int, calls_per_round: int) -> np.ndarray:
+                        rounds: int, calls_per_round: int, progress: str | None = None) -> np.ndarray:
     """(rounds, models) per-round median latency in ms. Each round runs `calls_per_round` calls
     of every model, in an order rotated per round, so a slow phase of a shared machine hits
-    every model alike; ratios to a reference are taken within a round (see ab_latency)."""
+    every model alike; ratios to a reference are taken within a round (see ab_latency).
+    `progress`: the label of a progress bar over the rounds (None: no bar)."""
     for call in calls:
         warm_up(call, inputs)
     medians = np.zeros((rounds, len(calls)))
-    for r in range(rounds):
+    for r in tqdm(range(rounds), desc=progress, unit="round", disable=progress is None):
         for m in [(r + i) % len(calls) for i in range(len(calls))]:
             medians[r, m] = 1000 * np.median(timed_calls(calls[m], inputs, 0.0, calls_per_round))
     return medians
@@ -511,8 +512,8 @@ def crop_latency_curve(targets: Sequence[Target], device: str, rounds: int, call
     (k = 1 .. the input's cells, scaled per side on non-square inputs), beside the same IR's
     dense graph and the first vanilla target's. Zero inputs (dense kernels take the same time
     whatever the values; it is the network's cost, as the "auto" cost model measures it). Rounds
-    interleave every model; a figure is the median over rounds of the round's median of `calls`
-    calls, and a ratio the median of the per-round ratios to vanilla."""
+    interleave every model (`interleaved_medians`); a figure is the median over rounds of the
+    round's median of `calls` calls, and a ratio the median of the per-round ratios to vanilla."""
     vanilla, babo = [], []
     for target in targets:
         model = read_ir(target.xml, core)
@@ -541,27 +542,24 @@ def crop_latency_curve(targets: Sequence[Target], device: str, rounds: int, call
                                min(math.ceil(k * cols / steps) * ROI_STRIDE, input_hw[1])) for k in range(1, steps + 1)]
         for crop in crops[target.name]:
             runs[("roi", target.name, crop)] = timed(plan.roi(crop))
-    medians: dict[tuple, list[float]] = {key: [] for key in runs}
-    for _ in tqdm(range(rounds), desc="crop curve", unit="round"):
-        for key, (request, feed) in runs.items():
-            request.infer(feed)  # warm: the previous model evicted this one's caches
-            medians[key].append(float(np.median(timed_calls(request.infer, [feed], 0.0, calls))))
-    per_round = {key: np.asarray(values) for key, values in medians.items()}
+    medians = interleaved_medians([lambda _, request=request, feed=feed: request.infer(feed) for request, feed in runs.values()],
+                                  [None], rounds, calls, progress="crop curve")
+    per_round = {key: medians[:, k] for k, key in enumerate(runs)}  # ms
     base = per_round[("vanilla", reference.name)]
     curves = []
     for target, _, input_hw in babo:
         omg, dense = per_round[("omg", target.name)], per_round[("dense", target.name)]
         points = [{"crop_hw": list(crop), "area": crop[0] * crop[1] / (input_hw[0] * input_hw[1]),
-                   "roi_ms": 1000 * float(np.median(per_round[("roi", target.name, crop)])),
-                   "frame_ms": 1000 * float(np.median(omg + per_round[("roi", target.name, crop)])),
+                   "roi_ms": float(np.median(per_round[("roi", target.name, crop)])),
+                   "frame_ms": float(np.median(omg + per_round[("roi", target.name, crop)])),
                    "ratio": float(np.median((omg + per_round[("roi", target.name, crop)]) / base))}
                   for crop in crops[target.name]]
         curves.append({"model": target.name, "input_hw": list(input_hw),
-                       "omg_ms": 1000 * float(np.median(omg)), "omg_ratio": float(np.median(omg / base)),
-                       "dense_ms": 1000 * float(np.median(dense)), "dense_ratio": float(np.median(dense / base)),
+                       "omg_ms": float(np.median(omg)), "omg_ratio": float(np.median(omg / base)),
+                       "dense_ms": float(np.median(dense)), "dense_ratio": float(np.median(dense / base)),
                        "points": points})
     return {"cpu": cpu_description(), "device": device, "rounds": rounds, "calls": calls,
-            "reference": reference.name, "reference_ms": 1000 * float(np.median(base)),
+            "reference": reference.name, "reference_ms": float(np.median(base)),
             "load_average": system_load(), "curves": curves}
 
 
