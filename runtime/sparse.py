@@ -138,9 +138,11 @@ class SparsePlan:
         anchors the mask keeps alive). A fine map that a coarse op reads otherwise (VGG's
         overlapping pool5 reads a conv's output) is demoted to coarse, with whatever follows it,
         until every cut is one of those two: that part then runs densely on the full canvas."""
+        levels = {size: k for k, size in reversed(list(enumerate(pyramid_sizes(self.input_hw, self.cell_levels))))}
+        index = {op.get_instance_id(): i for i, op in enumerate(self._ops)}
         demoted: set[int] = set()
         while True:
-            cuts, violation = self._classify(demoted)
+            cuts, violation = self._classify(demoted, levels, index)
             if violation is None:
                 break
             demoted.add(violation)
@@ -148,11 +150,10 @@ class SparsePlan:
             raise SparseError("found no fine -> coarse boundary in the detector")
         return cuts
 
-    def _classify(self, demoted: set[int]) -> tuple[list[_Cut], int | None]:
+    def _classify(self, demoted: set[int], levels: dict, index: dict) -> tuple[list[_Cut], int | None]:
         """The cuts when the ops in `demoted` are coarse, or the first fine op whose map a coarse
-        op reads and that cannot be pasted exactly (to demote)."""
-        levels = {size: k for k, size in reversed(list(enumerate(pyramid_sizes(self.input_hw, self.cell_levels))))}
-        index = {op.get_instance_id(): i for i, op in enumerate(self._ops)}
+        op reads and that cannot be pasted exactly (to demote). `levels`: pyramid level of each
+        map size; `index`: op instance id -> position in the ordered ops."""
         kinds, level_of, cuts = [], {}, []
         image, mask = self.detector.get_parameters()
         for i, op in enumerate(self._ops):
