@@ -26,7 +26,8 @@ import numpy as np
 import openvino as ov
 
 from babo_edge.runtime.detector import preprocess
-from babo_edge.runtime.latency import interleaved_medians, load_val_frames
+from babo_edge.runtime.latency import load_val_frames
+from babo_edge.runtime.timing import interleaved_medians
 
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16", "amx_int8", "amx_tile")
 

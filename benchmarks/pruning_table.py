@@ -89,7 +89,8 @@ def pruning_table(base: Path, one_shot: list[PruneSpec], checkpoints: list[Path]
     from babo_edge.models.checkpoint import load_model
     from babo_edge.models.pruning import prune_channels, prune_magnitude
     from babo_edge.runtime.detector import preprocess
-    from babo_edge.runtime.latency import interleaved_medians, load_val_frames
+    from babo_edge.runtime.latency import load_val_frames
+    from babo_edge.runtime.timing import interleaved_medians
 
     torch.set_flush_denormal(True)
     rows, irs = [], []

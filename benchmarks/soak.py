@@ -120,7 +120,7 @@ def read_frames(spec: str) -> tuple[list[np.ndarray], str]:
     """Every frame of a video ('demo': the built-in demo video), to loop from memory."""
     import cv2
 
-    from babo_edge.runtime.camera import DEMO_SOURCE, SourceError, demo_video
+    from babo_edge.runtime.sources import DEMO_SOURCE, SourceError, demo_video
     path = demo_video() if spec == DEMO_SOURCE else Path(spec)
     capture = cv2.VideoCapture(str(path))
     frames = []

@@ -8,7 +8,7 @@
 
 Default models: models/zoo/vanilla-ssdlite-256_ir and models/zoo/babo-ssdlite-256_ir (those
 present). Exit 0, 1 when a row regressed against --baseline (one line per metric), 2 on bad
-input (missing model or device, corrupt baseline), 130 on Ctrl-C. See runtime/latency.py.
+input (missing model or device, corrupt baseline), 130 on Ctrl-C. See runtime/latency.py and runtime/gate.py.
 With --execution, frame latency of each execution mode (runtime.sparse) per scene instead:
 the demo video, the val split and empty (black) frames, modes side by side with vanilla.
 With --crop-curve, latency against crop area (OMG + ROI model of growing crops, the dense graph,
@@ -29,9 +29,10 @@ from babo_edge.errors import run_cli
 from babo_edge.models.cli import choice_list, positive_int, write_json
 from babo_edge.runtime.detector import EXECUTIONS
 from babo_edge.runtime.devices import resolve_device
-from babo_edge.runtime.latency import (BenchmarkError, Settings, compare_executions, compare_to_baseline, crop_latency_curve,
-                                       default_model_folders, format_crop_curve, format_executions, format_table,
-                                       load_val_frames, other_machine, read_baseline, resolve_targets, run_benchmark)
+from babo_edge.runtime.gate import compare_to_baseline, other_machine, read_baseline
+from babo_edge.runtime.latency import (BenchmarkError, Settings, compare_executions, crop_latency_curve, default_model_folders,
+                                       load_val_frames, resolve_targets, run_benchmark)
+from babo_edge.runtime.latency_table import format_crop_curve, format_executions, format_table
 from babo_edge.runtime.plots import plot_crop_curve
 
 CROP_CURVE_CALLS = 10  # per model and round

@@ -10,15 +10,14 @@ reference the export is meant to beat.
 
 Ratios are row / reference: "latency 0.50x" is twice as fast, "throughput 2.00x" twice as many
 frames/s. The reference is the first row, and for other precisions the FP32 IR of the same model
-on the same device. The regression gate compares rows with a baseline report by (model,
-precision, device).
+on the same device. Timing primitives are in runtime.timing, the text tables in
+runtime.latency_table, the regression gate in runtime.gate.
 
 Torch-free (openvino, numpy, opencv): torch and the models package's networks are imported only
 inside `benchmark_pytorch`, the dataset tools only inside `load_val_frames`.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -40,12 +39,12 @@ from babo_edge.runtime.detector import (Detector, compile_config, openvino_messa
                                         read_model_info)
 from babo_edge.runtime.sparse import ROI_STRIDE, SparsePlan
 from babo_edge.runtime.sparsity import SparsityCounter, instrument, measure_overhead
+from babo_edge.runtime.timing import WARMUP_RUNS, interleaved_medians, latency_stats, measure_throughput, timed_calls, warm_up
 
 SCHEMA = "babo-edge/benchmark"
 VERSION = 1
 PYTORCH = "pytorch"  # the precision label of a PyTorch eager (FP32) row
 DEFAULT_MODELS = tuple(default_export_dir(ZOO / f"{name}.pt") for name in ("vanilla-ssdlite-256", "babo-ssdlite-256"))
-WARMUP_RUNS = 5
 
 
 class BenchmarkError(BaboError, ValueError):
@@ -133,70 +132,6 @@ def load_val_frames(count: int, dataset: Path | None = None, split: str = "val")
     return [cv2.cvtColor(images[i].image, cv2.COLOR_RGB2BGR) for i in range(min(count, len(images)))]
 
 
-# --- timing ---
-
-def timed_calls(call: Callable[[np.ndarray], object], inputs: Sequence[np.ndarray], min_seconds: float,
-                min_calls: int) -> list[float]:
-    """Seconds of each call of `call`, cycling through `inputs` until both minimums are met."""
-    times: list[float] = []
-    started = time.perf_counter()
-    while len(times) < min_calls or time.perf_counter() - started < min_seconds:
-        item = inputs[len(times) % len(inputs)]
-        start = time.perf_counter()
-        call(item)
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def interleaved_medians(calls: Sequence[Callable[[np.ndarray], object]], inputs: Sequence[np.ndarray],
-                        rounds: int, calls_per_round: int, progress: str | None = None) -> np.ndarray:
-    """(rounds, models) per-round median latency in ms. Each round runs `calls_per_round` calls
-    of every model, in an order rotated per round, so a slow phase of a shared machine hits
-    every model alike; ratios to a reference are taken within a round (see ab_latency).
-    `progress`: the label of a progress bar over the rounds (None: no bar)."""
-    for call in calls:
-        warm_up(call, inputs)
-    medians = np.zeros((rounds, len(calls)))
-    for r in tqdm(range(rounds), desc=progress, unit="round", disable=progress is None):
-        for m in [(r + i) % len(calls) for i in range(len(calls))]:
-            medians[r, m] = 1000 * np.median(timed_calls(calls[m], inputs, 0.0, calls_per_round))
-    return medians
-
-
-def latency_stats(seconds: Sequence[float]) -> dict[str, float]:
-    """Median, p90, p99 and mean in milliseconds."""
-    ms = 1000 * np.asarray(seconds, dtype=np.float64)
-    median, p90, p99 = np.percentile(ms, [50, 90, 99])
-    return {"median": float(median), "p90": float(p90), "p99": float(p99), "mean": float(ms.mean())}
-
-
-def warm_up(call: Callable[[np.ndarray], object], inputs: Sequence[np.ndarray]) -> None:
-    for i in range(WARMUP_RUNS):
-        call(inputs[i % len(inputs)])
-
-
-def measure_throughput(compiled: ov.CompiledModel, inputs: Sequence[np.ndarray], min_seconds: float) -> dict:
-    """Frames/s of an AsyncInferQueue with the compiled model's optimal number of requests,
-    over at least one pass of `inputs` and `min_seconds`, after one warm-up round."""
-    requests = compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
-    queue = ov.AsyncInferQueue(compiled, requests)
-    for i in range(max(requests, WARMUP_RUNS)):
-        queue.start_async({0: inputs[i % len(inputs)]})
-    queue.wait_all()
-    submitted = 0
-    started = time.perf_counter()
-    while submitted < len(inputs) or time.perf_counter() - started < min_seconds:
-        queue.start_async({0: inputs[submitted % len(inputs)]})  # blocks while every request is busy
-        submitted += 1
-    queue.wait_all()
-    return {"fps": submitted / (time.perf_counter() - started), "infer_requests": requests, "frames": submitted}
-
-
-def compiled_property(compiled: ov.CompiledModel, name: str):
-    """A property of a compiled model, None when its plugin does not report it."""
-    return compiled.get_property(name) if name in compiled.get_property("SUPPORTED_PROPERTIES") else None
-
-
 # --- sparsity ---
 
 def count_sparsity(model: ov.Model, inputs: Sequence[np.ndarray], device: str, overhead_runs: int,
@@ -226,6 +161,11 @@ def count_sparsity(model: ov.Model, inputs: Sequence[np.ndarray], device: str, o
 
 def _no_phase(_: str) -> None:
     pass
+
+
+def compiled_property(compiled: ov.CompiledModel, name: str):
+    """A property of a compiled model, None when its plugin does not report it."""
+    return compiled.get_property(name) if name in compiled.get_property("SUPPORTED_PROPERTIES") else None
 
 
 def benchmark_ir(target: Target, frames: Sequence[np.ndarray], settings: Settings, core: ov.Core,
@@ -373,82 +313,6 @@ def run_benchmark(targets: Sequence[Target], frames: Sequence[np.ndarray], setti
             "rows": with_ratios(rows)}
 
 
-def precision_label(precision: str | None) -> str:
-    return "PyTorch" if precision == PYTORCH else (precision or "?").upper()
-
-
-def _number(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def _times(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}x"
-
-
-def _overhead(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:+.0f}%"
-
-
-@dataclass(frozen=True)
-class Column:
-    header: str
-    width: int
-    cell: Callable[[dict], str]
-    text: bool = False  # left-aligned
-
-
-# Groups of columns, separated by " | ": measurements, vs the first row, vs FP32 of the same model.
-COLUMNS = (
-    (Column("prec", 7, lambda r: precision_label(r["precision"]), text=True),
-     Column("device", 6, lambda r: r["device"], text=True),
-     Column("exec", 4, lambda r: r["inference_precision"] or "-", text=True),
-     Column("compile", 7, lambda r: f"{r['compile_ms']:.0f}"),
-     Column("first", 6, lambda r: f"{r['first_inference_ms']:.1f}"),
-     Column("median", 6, lambda r: f"{r['latency_ms']['median']:.2f}"),
-     Column("p90", 6, lambda r: f"{r['latency_ms']['p90']:.2f}"),
-     Column("p99", 6, lambda r: f"{r['latency_ms']['p99']:.2f}"),
-     Column("mean", 6, lambda r: f"{r['latency_ms']['mean']:.2f}"),
-     Column("fps", 6, lambda r: _number(r["throughput_fps"], ".1f")),
-     Column("req", 3, lambda r: _number(r["infer_requests"], "d")),
-     Column("GMAC", 5, lambda r: f"{r['gmac']:.3f}"),
-     Column("GMAC*", 5, lambda r: f"{r['gmac_star']:.3f}"),
-     Column("zeros%", 6, lambda r: f"{100 * r['zero_ratio']:.2f}"),
-     Column("count+", 6, lambda r: _overhead(r["counter_overhead"]))),
-    (Column("lat x", 6, lambda r: _times(r["vs_first"]["latency"])),
-     Column("fps x", 6, lambda r: _times(r["vs_first"]["throughput"])),
-     Column("GMAC*x", 6, lambda r: _times(r["vs_first"]["gmac_star"]))),
-    (Column("lat x", 6, lambda r: _times((r["vs_fp32"] or {}).get("latency"))),
-     Column("fps x", 6, lambda r: _times((r["vs_fp32"] or {}).get("throughput")))),
-)
-
-
-def format_table(report: dict) -> str:
-    """The rows side by side: measurements, ratios against the first row, and against the FP32
-    IR of the same model (INT8 vs FP32, PyTorch vs FP32)."""
-    rows, machine, settings = report["rows"], report["machine"], report["settings"]
-    width = max(len("model"), *(len(row["model"]) for row in rows))
-
-    def line(model: str, cell: Callable[[Column], str]) -> str:
-        groups = [" ".join(f"{cell(c):<{c.width}}" if c.text else f"{cell(c):>{c.width}}" for c in group)
-                  for group in COLUMNS]
-        return f"{model:<{width}} " + " | ".join(groups)
-
-    header = line("model", lambda column: column.header)
-    measured, vs_first = (sum(c.width + 1 for c in group) - 1 for group in COLUMNS[:2])
-    lines = [f"{'':<{width + measured}}  | {'vs first row':<{vs_first}} | vs FP32", header, "-" * len(header)]
-    lines += [line(row["model"], lambda column, row=row: column.cell(row)) for row in rows]
-    lines += ["", f"ms: compile, first inference, latency (LATENCY hint, 1 request, sync, {settings['frames']} frames, "
-                  f">= {settings['duration']:g} s); fps: THROUGHPUT hint, req async requests; exec: execution precision;",
-              "GMAC(*): mean per frame; count+: latency cost of the zero counters; x: row / reference (latency, "
-              "GMAC*: lower is better; fps: higher is better),",
-              f"the reference being the first row ({rows[0]['model']} {precision_label(rows[0]['precision'])}), "
-              "then the FP32 IR of the same model on the same device.",
-              f"{machine['device_name']}, {machine['cores']} cores (load average {_number(machine['load_average'], '.1f')} "
-              f"before the run), OpenVINO {machine['openvino']}, Python {machine['python']}"
-              + (f", torch {machine['torch']}" if machine["torch"] else "")]
-    return "\n".join(lines)
-
-
 # --- execution modes (runtime.sparse) ---
 
 def cpu_description() -> str:
@@ -561,142 +425,3 @@ def crop_latency_curve(targets: Sequence[Target], device: str, rounds: int, call
     return {"cpu": cpu_description(), "device": device, "rounds": rounds, "calls": calls,
             "reference": reference.name, "reference_ms": float(np.median(base)),
             "load_average": system_load(), "curves": curves}
-
-
-def format_crop_curve(report: dict) -> str:
-    lines = []
-    for curve in report["curves"]:
-        lines += [f"{curve['model']} ({curve['input_hw'][0]}x{curve['input_hw'][1]}) against {report['reference']} "
-                  f"({report['reference_ms']:.2f} ms = 1.00x)",
-                  f"  empty frame (OMG only) {curve['omg_ms']:7.2f} ms {curve['omg_ratio']:5.2f}x",
-                  f"  dense graph            {curve['dense_ms']:7.2f} ms {curve['dense_ratio']:5.2f}x",
-                  "  crop (px)   area   OMG + crop   x vanilla"]
-        lines += [f"  {point['crop_hw'][0]:>4}x{point['crop_hw'][1]:<4} {point['area']:6.3f} {point['frame_ms']:9.2f} ms "
-                  f"{point['ratio']:8.2f}x" for point in curve["points"]]
-    lines += [f"zero inputs, LATENCY hint, 1 request, {report['rounds']} interleaved rounds x {report['calls']} calls; "
-              "x vanilla: median of the per-round ratios",
-              f"{report['cpu']}, device {report['device']}, load average {_number(report['load_average'], '.1f')} after the run"]
-    return "\n".join(lines)
-
-
-def format_executions(report: dict) -> str:
-    """Rows per scene, each with its ratio to the scene's first dense row of the same precision
-    (the vanilla model when it is listed first)."""
-    width = max(len("model"), *(len(row["model"]) for row in report["rows"]))
-    header = (f"{'scene':<6} {'model':<{width}} {'prec':<5} {'exec':<5} {'median':>7} {'mean':>7} {'x ref':>6} "
-              f"{'empty%':>6} {'roi%':>5} {'dense%':>6} {'area':>5}")
-    lines = [header, "-" * len(header)]
-    references: dict[tuple[str, str], dict] = {}
-    for row in report["rows"]:
-        reference = references.setdefault((row["scene"], row["precision"]), row)
-        share = row["share"]
-        lines.append(f"{row['scene']:<6} {row['model']:<{width}} {row['precision'].upper():<5} {row['execution']:<5} "
-                     f"{row['median_ms']:>7.2f} {row['mean_ms']:>7.2f} {row['median_ms'] / reference['median_ms']:>5.2f}x "
-                     f"{100 * share['empty']:>6.0f} {100 * share['roi']:>5.0f} {100 * share['dense']:>6.0f} "
-                     f"{row['mean_area']:>5.2f}")
-    lines += ["", f"ms per frame (Detector call, LATENCY hint, 1 request), {report['rounds']} interleaved rounds; "
-                  "x ref: median / the scene's first row of that precision; empty/roi/dense: how frames ran; "
-                  "area: mean crop area (fraction of the frame, 1 for dense)",
-              f"{report['cpu']}, device {report['device']}, load average {_number(report['load_average'], '.1f')} after the run"]
-    return "\n".join(lines)
-
-
-# --- the regression gate ---
-
-ROW_KEY = ("model", "precision", "device")
-
-
-@dataclass(frozen=True)
-class Gate:
-    metric: str
-    unit: str
-    value: Callable[[dict], float | None]
-    higher_is_worse: bool
-
-
-GATES = (Gate("median latency", "ms", lambda row: row["latency_ms"]["median"], True),
-         Gate("throughput", "frames/s", lambda row: row.get("throughput_fps"), False))
-
-
-def row_label(row: dict) -> str:
-    return f"{row['model']} {precision_label(row['precision'])} on {row['device']}"
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
-
-
-def baseline_row_problem(row) -> str | None:
-    """What makes `row` unusable as a baseline row (None: usable). Throughput may be None (PyTorch rows)."""
-    if not isinstance(row, dict) or not all(isinstance(row.get(key), str) for key in ROW_KEY):
-        return f"lacks {'/'.join(ROW_KEY)}"
-    latency = row.get("latency_ms")
-    if not isinstance(latency, dict) or not _is_number(latency.get("median")):
-        return f"({row_label(row)}) has no valid latency_ms median"
-    if row.get("throughput_fps") is not None and not _is_number(row["throughput_fps"]):
-        return f"({row_label(row)}) has an invalid throughput_fps {row['throughput_fps']!r}"
-    return None
-
-
-def check_baseline(data, source: str) -> dict:
-    """`data` if it is a benchmark report with usable rows, else a one-line BenchmarkError saying why."""
-    if not isinstance(data, dict) or (data.get("schema"), data.get("version")) != (SCHEMA, VERSION):
-        found = (f"schema {data.get('schema')!r} version {data.get('version')!r}" if isinstance(data, dict)
-                 else f"a JSON {type(data).__name__}")
-        raise BenchmarkError(f"baseline {source}: not a {SCHEMA} version {VERSION} report ({found})")
-    rows = data.get("rows")
-    if not isinstance(rows, list) or not rows:
-        raise BenchmarkError(f"baseline {source}: no rows")
-    for i, row in enumerate(rows):
-        problem = baseline_row_problem(row)
-        if problem:
-            raise BenchmarkError(f"baseline {source}: row {i} {problem}")
-    return data
-
-
-def read_baseline(path: Path) -> dict:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as e:
-        raise BenchmarkError(f"baseline {path}: cannot read it ({e.strerror or e})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BenchmarkError(f"baseline {path}: not a JSON file ({e})") from None
-    return check_baseline(data, str(path))
-
-
-def other_machine(baseline: dict, report: dict) -> str | None:
-    """Why `baseline` may not be comparable (measured on another device or OpenVINO), or None.
-    Timings only compare on one machine: a baseline belongs to one runner."""
-    before, now = baseline.get("machine") or {}, report["machine"]
-    differences = [f"{key} {before.get(key)!r} (now {now[key]!r})" for key in ("device_name", "cores", "openvino")
-                   if before.get(key) != now[key]]
-    return "the baseline was measured with " + ", ".join(differences) if differences else None
-
-
-@dataclass(frozen=True)
-class Comparison:
-    regressions: list[str]  # one line per regressed metric
-    not_in_baseline: list[str]  # one line per row the baseline lacks (reported, not failed)
-
-
-def compare_to_baseline(rows: Sequence[dict], baseline: Sequence[dict], max_regression: float) -> Comparison:
-    """Rows matched by (model, precision, device): a regression is a median latency more than
-    `max_regression` (a fraction) above the baseline's, or a throughput more than it below."""
-    reference = {tuple(row[key] for key in ROW_KEY): row for row in baseline}
-    regressions, missing = [], []
-    for row in rows:
-        base = reference.get(tuple(row[key] for key in ROW_KEY))
-        if base is None:
-            missing.append(f"{row_label(row)}: not in the baseline, not compared")
-            continue
-        for gate in GATES:
-            current, before = gate.value(row), gate.value(base)
-            if current is None or before is None:
-                continue
-            change = current / before - 1
-            worse = change > max_regression if gate.higher_is_worse else change < -max_regression
-            if worse:
-                regressions.append(f"{row_label(row)}: {gate.metric} {current:.2f} {gate.unit} vs {before:.2f} in the "
-                                   f"baseline ({change:+.1%}, limit {'+' if gate.higher_is_worse else '-'}"
-                                   f"{max_regression:.0%})")
-    return Comparison(regressions, missing)

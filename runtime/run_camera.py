@@ -36,11 +36,13 @@ from babo_edge.errors import run_cli
 from babo_edge.models.accounting import REPORT_SCHEMA, format_report
 from babo_edge.models.cli import positive_int, write_json
 from babo_edge.artifacts import REPO, ZOO, default_export_dir, ir_path
-from babo_edge.runtime.camera import (DISPLAY_THRESHOLD, OutputError, Pipeline, SourceError, check_writable, default_source,
-                            display_available, open_source, run)
+from babo_edge.runtime.camera import Pipeline, display_available, run
 from babo_edge.runtime.detector import EXECUTIONS, HINTS, ModelError, read_ir
 from babo_edge.runtime.devices import resolve_device
+from babo_edge.runtime.outputs import OutputError, check_writable
+from babo_edge.runtime.overlay import DISPLAY_THRESHOLD
 from babo_edge.runtime.plots import plot_block_zeros
+from babo_edge.runtime.sources import SourceError, default_source, open_source
 
 DEFAULT_MODEL = ir_path(default_export_dir(ZOO / "babo-ssdlite-256.pt"), "int8")
 EXPORT_COMMAND = "python export/to_ir.py models/zoo/babo-ssdlite-256.pt"

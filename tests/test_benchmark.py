@@ -1,5 +1,6 @@
-"""runtime/benchmark.py and runtime/latency.py: the report, its ratios, MAC*, the regression gate and
-every input error. Speeds are measured but never asserted: only their structure and arithmetic."""
+"""runtime/benchmark.py, latency.py, timing.py, latency_table.py and gate.py: the report, its ratios,
+MAC*, the regression gate and every input error. Speeds are measured but never asserted: only their
+structure and arithmetic."""
 import json
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from babo_edge.export.quantize import CalibrationImages
 from babo_edge.export.to_ir import main as to_ir_main
 from babo_edge.models.builders import build_model
 from babo_edge.models.checkpoint import save_checkpoint
-from babo_edge.runtime import latency
+from babo_edge.runtime import gate, latency, latency_table, timing
 from babo_edge.runtime.benchmark import main as benchmark_main
 from test_export import CLASS_NAMES, CONFIG, balanced_omg
 
@@ -96,7 +97,7 @@ def test_gmac_star_at_most_gmac_and_the_same_count_as_pytorch(report):
 
 
 def test_table_shows_every_row_with_its_ratios(report):
-    table = latency.format_table(report)
+    table = latency_table.format_table(report)
     assert "vs first row" in table and "first row (tiny FP32)" in table and "1.00x" in table
     lines = table.splitlines()
     assert [line.split()[:2] for line in lines[3:6]] == [["tiny", "FP32"], ["tiny", "INT8"], ["tiny", "PyTorch"]]
@@ -130,22 +131,22 @@ BASELINE = [row("vanilla"), row("babo", "int8", median=5.0, fps=200.0)]
 
 @pytest.mark.parametrize("median, fps", [(10.5, 95.0), (10.99, 90.1), (7.0, 150.0)])
 def test_gate_passes_small_changes_and_improvements(median, fps):
-    comparison = latency.compare_to_baseline([row("vanilla", median=median, fps=fps)], BASELINE, 0.10)
+    comparison = gate.compare_to_baseline([row("vanilla", median=median, fps=fps)], BASELINE, 0.10)
     assert comparison.regressions == [] and comparison.not_in_baseline == []
 
 
 def test_gate_fails_a_20_percent_slower_latency_and_lower_throughput():
     current = [row("vanilla", median=12.0, fps=100.0), row("babo", "int8", median=5.0, fps=160.0)]
-    assert latency.compare_to_baseline(current, BASELINE, 0.10).regressions == [
+    assert gate.compare_to_baseline(current, BASELINE, 0.10).regressions == [
         "vanilla FP32 on CPU: median latency 12.00 ms vs 10.00 in the baseline (+20.0%, limit +10%)",
         "babo INT8 on CPU: throughput 160.00 frames/s vs 200.00 in the baseline (-20.0%, limit -10%)"]
-    assert latency.compare_to_baseline(current, BASELINE, 0.25).regressions == []
+    assert gate.compare_to_baseline(current, BASELINE, 0.25).regressions == []
 
 
 def test_gate_reports_rows_missing_from_the_baseline_without_failing():
     current = [row("vanilla"), row("vanilla", "int8"), row("vanilla", device="GPU"),
                row("babo", "pytorch", fps=None, runtime="pytorch")]
-    comparison = latency.compare_to_baseline(current, BASELINE, 0.10)
+    comparison = gate.compare_to_baseline(current, BASELINE, 0.10)
     assert comparison.regressions == []
     assert comparison.not_in_baseline == ["vanilla INT8 on CPU: not in the baseline, not compared",
                                           "vanilla FP32 on GPU: not in the baseline, not compared",
@@ -212,9 +213,9 @@ def test_an_xml_takes_its_name_and_precision_from_the_export_layout(export_folde
 
 def test_timing_helpers():
     calls = []
-    times = latency.timed_calls(calls.append, ["a", "b", "c"], 0.0, 5)
+    times = timing.timed_calls(calls.append, ["a", "b", "c"], 0.0, 5)
     assert calls == ["a", "b", "c", "a", "b"] and len(times) == 5
-    stats = latency.latency_stats([0.001 * v for v in range(1, 101)])
+    stats = timing.latency_stats([0.001 * v for v in range(1, 101)])
     assert stats == pytest.approx({"median": 50.5, "p90": 90.1, "p99": 99.01, "mean": 50.5})
 
 

@@ -1,5 +1,5 @@
-"""The camera app (runtime/camera.py, runtime/run_camera.py): sources, the async pipeline, drawing,
-outputs, live-source failures, Ctrl-C and device errors, on a tiny exported IR."""
+"""The camera app (runtime/camera.py, sources.py, overlay.py, outputs.py, run_camera.py): sources, the
+async pipeline, drawing, outputs, live-source failures, Ctrl-C and device errors, on a tiny exported IR."""
 import json
 import os
 import signal
@@ -18,7 +18,7 @@ from babo_edge.export import openvino_ir
 from babo_edge.export.onnx_export import export_onnx
 from babo_edge.models.accounting import REPORT_SCHEMA, REPORT_VERSION
 from babo_edge.models.builders import build_model
-from babo_edge.runtime import camera, plots, run_camera
+from babo_edge.runtime import camera, outputs, overlay, plots, run_camera, sources
 from babo_edge.runtime.detector import Detector, Result, preprocess
 from test_export import CLASS_NAMES, CONFIG, balanced_omg
 
@@ -178,12 +178,12 @@ def test_hud_shows_the_path_without_counters(frames):
     stats = camera.Stats(mac=0.0)
     stats.add(camera.Delivered(camera.Submitted(0, frames[0], 0.0), result, 0.01), None)
     assert stats.hud(None)[1] == "exec roi" and stats.status().endswith("ran roi 1")
-    image = camera.draw(frames[0], result, stats.hud(None))
+    image = overlay.draw(frames[0], result, stats.hud(None))
     assert (image[169, 100] == 255).all() and (image[100, 209] == 255).all()  # the crop's bottom and right edges
 
 
 def test_max_frames_stops_the_capture(ov_model, video100):
-    pipeline = camera.Pipeline(ov_model, camera.open_source(str(video100)), max_frames=7)
+    pipeline = camera.Pipeline(ov_model, sources.open_source(str(video100)), max_frames=7)
     session = camera.run(pipeline)
     assert (session.frames, session.ended, session.report["images"]) == (7, "max frames", 7)
     assert session.report["meta"]["dropped_frames"] == 0
@@ -237,18 +237,18 @@ def test_lost_live_source_is_reopened_then_given_up_with_a_report(ov_model, fram
         opened.append(len(opened))
         return plan[len(opened) - 1] if len(opened) <= len(plan) else FakeCapture(opened=False)
 
-    source = camera.CaptureSource("camera 7", open_capture, live=True)
+    source = sources.CaptureSource("camera 7", open_capture, live=True)
     pipeline = camera.Pipeline(ov_model, source, backoff_s=0.01)
     session = camera.run(pipeline, output=tmp_path / "live.mp4")
-    assert session.ended == "source lost" and len(opened) == 1 + 2 + camera.RETRIES
+    assert session.ended == "source lost" and len(opened) == 1 + 2 + sources.RETRIES
     assert session.frames + session.dropped == 5 and session.frames >= 1
     assert session.report["images"] == session.frames == len(read_video(tmp_path / "live.mp4"))
     errors = capsys.readouterr().err
-    assert errors.count("reopening") == 2 + camera.RETRIES and "stopping" in errors
+    assert errors.count("reopening") == 2 + sources.RETRIES and "stopping" in errors
 
 
 def test_a_live_source_that_never_delivers_gives_no_report(ov_model, capsys):
-    source = camera.CaptureSource("camera 8", lambda: FakeCapture(), live=True)
+    source = sources.CaptureSource("camera 8", lambda: FakeCapture(), live=True)
     session = camera.run(camera.Pipeline(ov_model, source, retries=2, backoff_s=0.01))
     assert (session.frames, session.ended, session.report, session.video) == (0, "source lost", None, None)
 
@@ -263,7 +263,7 @@ def test_ctrl_c_mid_stream_finishes_the_frames_in_flight(ov_model, video100, tmp
 
 
 def _ctrl_c_mid_stream(ov_model, video100, tmp_path, capsys):
-    source = camera.CaptureSource("clip", lambda: InterruptingCapture(video100, at=30), live=False)
+    source = sources.CaptureSource("clip", lambda: InterruptingCapture(video100, at=30), live=False)
     session = camera.run(camera.Pipeline(ov_model, source), output=tmp_path / "out.mp4")
     # The signal arrives while frame 30 is read: whether that frame is submitted before the stop
     # is seen is a race; every frame submitted before it is finished.
@@ -274,7 +274,7 @@ def _ctrl_c_mid_stream(ov_model, video100, tmp_path, capsys):
 
 
 def test_a_failing_source_leaves_no_video(ov_model, frames, tmp_path):
-    source = camera.CaptureSource("camera 9", lambda: FailingCapture(frames[:5]), live=True)
+    source = sources.CaptureSource("camera 9", lambda: FailingCapture(frames[:5]), live=True)
     with pytest.raises(RuntimeError, match="driver crashed"):
         camera.run(camera.Pipeline(ov_model, source), output=tmp_path / "out.mp4")
     assert list(tmp_path.iterdir()) == []
@@ -286,12 +286,12 @@ def test_odd_frames_are_drawn_and_written(ov_model, xml, frames, tmp_path, capsy
            cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA), bgr, np.full((1, 1, 3), 200, np.uint8)]
     detector = Detector(xml, score_threshold=0.0)
     for frame in odd:
-        image = camera.draw(frame, detector(frame), ["10.0 FPS", "GMAC* 0.1"])
+        image = overlay.draw(frame, detector(frame), ["10.0 FPS", "GMAC* 0.1"])
         assert image.shape == (*frame.shape[:2], 3) and image.dtype == np.uint8
-    assert not np.array_equal(camera.draw(bgr, detector(bgr), []), bgr)  # tint and boxes drawn
+    assert not np.array_equal(overlay.draw(bgr, detector(bgr), []), bgr)  # tint and boxes drawn
 
     not_an_image = np.zeros((37, 53, 3), np.float32)
-    source = camera.CaptureSource("odd", lambda: FakeCapture(odd[:3] + [not_an_image] + odd[3:]), live=False)
+    source = sources.CaptureSource("odd", lambda: FakeCapture(odd[:3] + [not_an_image] + odd[3:]), live=False)
     session = camera.run(camera.Pipeline(ov_model, source), output=tmp_path / "odd.mp4")
     assert session.frames == 5 and "frame 4 skipped: expected a uint8 frame" in capsys.readouterr().err
     video = read_video(tmp_path / "odd.mp4")
@@ -299,17 +299,17 @@ def test_odd_frames_are_drawn_and_written(ov_model, xml, frames, tmp_path, capsy
 
 
 def test_video_writer_publishes_only_on_close(tmp_path):
-    writer = camera.AtomicVideoWriter(tmp_path / "v.mp4", fps=15)
+    writer = outputs.AtomicVideoWriter(tmp_path / "v.mp4", fps=15)
     for i in range(3):
         writer.write(np.full((37, 53, 3), 60 * i, np.uint8))
     assert not (tmp_path / "v.mp4").exists() and len(leftovers(tmp_path)) == 1
     assert writer.close() == tmp_path / "v.mp4" and leftovers(tmp_path) == []
-    discarded = camera.AtomicVideoWriter(tmp_path / "w.mp4", fps=15)
+    discarded = outputs.AtomicVideoWriter(tmp_path / "w.mp4", fps=15)
     discarded.write(np.zeros((4, 4, 3), np.uint8))
     discarded.discard()
     assert sorted(path.name for path in tmp_path.iterdir()) == ["v.mp4"]
-    with pytest.raises(camera.OutputError, match="a folder"):
-        camera.AtomicVideoWriter(tmp_path, fps=15)
+    with pytest.raises(outputs.OutputError, match="a folder"):
+        outputs.AtomicVideoWriter(tmp_path, fps=15)
 
 
 @pytest.mark.parametrize("device, message", [("MYRIAD", "MYRIAD/HDDL plugins were removed"),

@@ -224,7 +224,7 @@ def test_channel_fine_tuning_saves_a_rebuildable_checkpoint(tiny_dataset, tmp_pa
 
 def test_interleaved_rounds_rotate_the_model_order():
     """The A/B timing loop of benchmarks/ab_latency.py and pruning_table.py (no time asserted)."""
-    from babo_edge.runtime.latency import WARMUP_RUNS, interleaved_medians
+    from babo_edge.runtime.timing import WARMUP_RUNS, interleaved_medians
 
     order = []
     calls = [lambda item, m=m: order.append((m, item)) for m in range(3)]

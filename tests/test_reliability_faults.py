@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
-from babo_edge.runtime import camera, run_camera
+from babo_edge.runtime import camera, run_camera, sources
 from test_camera import FakeCapture, frames, leftovers, ov_model, read_video, video100, xml  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,17 +79,17 @@ def small_frames(frames):  # noqa: F811
 def test_a_stream_that_drops_and_comes_back_is_reopened_then_given_up(ov_model, small_frames, tmp_path, capsys):  # noqa: F811
     server = MjpegServer(small_frames, plan=[15, "down", 10])  # drop, restarting, back, gone for good
     try:
-        source = camera.open_source(server.url)
+        source = sources.open_source(server.url)
         pipeline = camera.Pipeline(ov_model, source, backoff_s=0.05)
         session = camera.run(pipeline, output=tmp_path / "stream.mp4")
     finally:
         server.stop()
     assert session.ended == "source lost" and server.sent == 25
     assert session.frames + session.dropped == 25 and session.frames >= 2
-    assert server.connections == 3 + camera.RETRIES  # open, 503, back; then every retry of the second drop
+    assert server.connections == 3 + sources.RETRIES  # open, 503, back; then every retry of the second drop
     assert len(read_video(tmp_path / "stream.mp4")) == session.frames == session.report["images"]
     errors = capsys.readouterr().err
-    assert errors.count("reopening") == 2 + camera.RETRIES and "still no frame after 3 attempts" in errors
+    assert errors.count("reopening") == 2 + sources.RETRIES and "still no frame after 3 attempts" in errors
     assert leftovers(tmp_path) == []
 
 
@@ -116,17 +116,17 @@ def test_a_camera_that_returns_empty_frames_is_reopened_then_given_up(ov_model, 
         opened.append(1)
         return FakeCapture(frames[:3] + empty if len(opened) == 1 else empty)
 
-    source = camera.CaptureSource("camera 3", open_capture, live=True)
+    source = sources.CaptureSource("camera 3", open_capture, live=True)
     session = camera.run(camera.Pipeline(ov_model, source, backoff_s=0.01), output=tmp_path / "cam.mp4")
-    assert session.ended == "source lost" and len(opened) == 1 + camera.RETRIES
+    assert session.ended == "source lost" and len(opened) == 1 + sources.RETRIES
     assert session.frames + session.dropped == 3 and session.frames >= 1
     assert len(read_video(tmp_path / "cam.mp4")) == session.frames
     errors = capsys.readouterr().err
-    assert errors.count("reopening") == camera.RETRIES and "skipped" not in errors
+    assert errors.count("reopening") == sources.RETRIES and "skipped" not in errors
 
 
 def test_an_empty_frame_in_a_file_is_skipped(ov_model, frames, capsys):  # noqa: F811
-    source = camera.CaptureSource("clip", lambda: FakeCapture(frames[:2] + [np.empty((0, 0, 3), np.uint8)] + frames[2:4]),
+    source = sources.CaptureSource("clip", lambda: FakeCapture(frames[:2] + [np.empty((0, 0, 3), np.uint8)] + frames[2:4]),
                                   live=False)
     session = camera.run(camera.Pipeline(ov_model, source))
     assert (session.frames, session.ended) == (4, "end of source")
@@ -259,7 +259,7 @@ def test_a_slow_consumer_makes_a_live_source_drop_and_a_file_wait(ov_model, fram
         indices.append(delivered.submitted.index)
         time.sleep(0.03)
 
-    source = camera.CaptureSource("cam", lambda: FakeCapture((frames * 8)[:total], interval_s=0.005), live=live)
+    source = sources.CaptureSource("cam", lambda: FakeCapture((frames * 8)[:total], interval_s=0.005), live=live)
     session = camera.run(camera.Pipeline(ov_model, source, retries=0), on_frame=slow_consumer)
     assert session.frames + session.dropped == total and indices == list(range(session.frames))
     if live:
