@@ -10,13 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from babo_edge.export.quantize import CalibrationImages
 from babo_edge.export.to_ir import main as to_ir_main
 from babo_edge.models.builders import build_model
 from babo_edge.models.checkpoint import save_checkpoint
 from babo_edge.runtime import gate, latency, latency_table, timing
 from babo_edge.runtime.benchmark import main as benchmark_main
-from test_export import CLASS_NAMES, CONFIG, balanced_omg
+from tiny import CLASS_NAMES, CONFIG
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = ["--frames", "2", "--duration", "0.05"]
@@ -27,11 +26,8 @@ ROW_FIELDS = {"runtime", "model", "precision", "device", "source", "input_shape"
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, tiny_dataset):
-    calib = CalibrationImages(CONFIG.input_size, 4, tiny_dataset / "images" / "calib")
-    torch.manual_seed(0)
-    model = balanced_omg(build_model(CONFIG).eval(), [calib[i] for i in range(len(calib))])
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", model, CONFIG, CLASS_NAMES)
+def checkpoint(tmp_path_factory, tiny_model):
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", tiny_model, CONFIG, CLASS_NAMES)
 
 
 @pytest.fixture(scope="module")

@@ -10,53 +10,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import openvino as ov
 import pytest
-import torch
 
-from babo_edge.export import openvino_ir
-from babo_edge.export.onnx_export import export_onnx
 from babo_edge.models.accounting import REPORT_SCHEMA, REPORT_VERSION
-from babo_edge.models.builders import build_model
 from babo_edge.runtime import camera, outputs, overlay, plots, run_camera, sources
-from babo_edge.runtime.detector import Detector, Result, preprocess
-from test_export import CLASS_NAMES, CONFIG, balanced_omg
+from babo_edge.runtime.detector import Detector, Result
+from tiny import VIDEO_SIZE
 
 REPO = Path(__file__).resolve().parents[1]
-VIDEO_SIZE = (240, 176)  # width, height
-
-
-@pytest.fixture(scope="module")
-def frames(tiny_dataset):
-    """Real BGR images of the built-in dataset, as a camera would give them."""
-    folder = tiny_dataset / "images"
-    return [cv2.imread(str(path)) for split in ("calib", "val") for path in sorted((folder / split).iterdir())]
-
-
-@pytest.fixture(scope="module")
-def xml(tmp_path_factory, frames):
-    torch.manual_seed(0)
-    model = balanced_omg(build_model(CONFIG).eval(), [preprocess(frame, CONFIG.input_size) for frame in frames[:4]])
-    out = tmp_path_factory.mktemp("camera_ir")
-    ov_model = openvino_ir.convert(export_onnx(model, CONFIG.input_size, out / "model.onnx"))
-    openvino_ir.set_model_info(ov_model, openvino_ir.model_info(model, CONFIG, CLASS_NAMES, ov_model))
-    return openvino_ir.save_ir(ov_model, out / "FP32" / "model.xml", "fp32")
-
-
-@pytest.fixture(scope="module")
-def ov_model(xml):
-    return ov.Core().read_model(str(xml))
-
-
-@pytest.fixture(scope="module")
-def video100(tmp_path_factory, frames):
-    """A 100-frame mp4v clip of the dataset's images, moving so frames differ."""
-    path = tmp_path_factory.mktemp("video") / "clip.mp4"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 15, VIDEO_SIZE)
-    for i in range(100):
-        writer.write(np.roll(cv2.resize(frames[i % len(frames)], VIDEO_SIZE), 3 * i, axis=1))
-    writer.release()
-    return path
 
 
 def read_video(path: Path) -> list[np.ndarray]:

@@ -1,7 +1,6 @@
 """ONNX / OpenVINO IR / NNCF INT8 export: parity with PyTorch, metadata, and the exact mask."""
 import json
 from dataclasses import replace
-from types import SimpleNamespace
 
 import nncf
 import numpy as np
@@ -17,52 +16,11 @@ from babo_edge.export.onnx_export import anchors_path, export_onnx
 from babo_edge.models.builders import ModelConfig, build_model
 from babo_edge.runtime.detector import read_model_info
 from babo_edge.models.profiling import network_convs, profile
-
-CONFIG = ModelConfig(num_classes=3, input_size=(128, 128), omg_size=(64, 64), width=0.5)
-CLASS_NAMES = ["red disc", "square", "triangle"]
-
-
-def balanced_omg(model, images):
-    """Shifts the OMG's foreground bias so about half the pixels of `images` are foreground (a
-    random OMG keeps almost everything, or almost nothing with a zero bias), with the decision
-    threshold in the widest gap between the pixels' logit differences: a threshold on a pixel
-    would make exact ties, which runtimes may break either way."""
-    with torch.no_grad():
-        model.omg.classifier[-1].bias.zero_()
-        logits = model(torch.from_numpy(np.concatenate(images))).omg_logits
-        margins = np.sort((logits[:, 1] - logits[:, 0]).flatten().numpy())
-        middle = margins[int(0.3 * margins.size):int(0.7 * margins.size)]
-        widest = int(np.argmax(np.diff(middle)))
-        model.omg.classifier[-1].bias[1] = -float(middle[widest] + middle[widest + 1]) / 2
-    return model
-
+from tiny import CLASS_NAMES, CONFIG
 
 @pytest.fixture(scope="module")
-def images(tiny_dataset):
-    calib = quantize.CalibrationImages(CONFIG.input_size, 4, tiny_dataset / "images" / "calib")
-    return [calib[i] for i in range(len(calib))]
-
-
-@pytest.fixture(scope="module")
-def model(images):
-    torch.manual_seed(0)
-    return balanced_omg(build_model(CONFIG).eval(), images)
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory, model):
-    out = tmp_path_factory.mktemp("export")
-    onnx_path = export_onnx(model, CONFIG.input_size, out / "model.onnx")
-    ov_model = openvino_ir.convert(onnx_path)
-    info = openvino_ir.model_info(model, CONFIG, CLASS_NAMES, ov_model)
-    openvino_ir.set_model_info(ov_model, info)
-    xml = openvino_ir.save_ir(ov_model, out / "model_fp32.xml", "fp32")
-    return SimpleNamespace(onnx_path=onnx_path, ov_model=ov_model, xml=xml, info=info)
-
-
-@pytest.fixture(scope="module")
-def int8(exported, images):
-    return quantize.quantize_int8(exported.ov_model, images, subset_size=len(images))
+def int8(tiny_ir, calib_images):
+    return quantize.quantize_int8(tiny_ir.ov_model, calib_images, subset_size=len(calib_images))
 
 
 def assert_meaningful(result: parity.Parity):
@@ -71,23 +29,23 @@ def assert_meaningful(result: parity.Parity):
     assert 0 < result.mask_intersection < result.mask_pixels
 
 
-def test_onnx_graph_is_valid_with_named_io(exported):
-    graph = onnx.load(str(exported.onnx_path))
+def test_onnx_graph_is_valid_with_named_io(tiny_ir):
+    graph = onnx.load(str(tiny_ir.onnx_path))
     onnx.checker.check_model(graph)
     assert [i.name for i in graph.graph.input] == ["image"]
     assert [o.name for o in graph.graph.output] == ["detections", "mask"]
     assert {"ArgMax", "NonMaxSuppression"} <= {node.op_type for node in graph.graph.node}
 
 
-def test_onnxruntime_matches_pytorch(model, exported, images):
-    result = parity.compare(parity.torch_runner(model), parity.onnxruntime_runner(exported.onnx_path), images)
+def test_onnxruntime_matches_pytorch(tiny_model, tiny_ir, calib_images):
+    result = parity.compare(parity.torch_runner(tiny_model), parity.onnxruntime_runner(tiny_ir.onnx_path), calib_images)
     assert_meaningful(result)
     assert result.violations(parity.FP32_TOLERANCE) == []
 
 
-def test_openvino_fp32_matches_pytorch(model, exported, images):
-    compiled = openvino_ir.compile_fp32(exported.xml)
-    result = parity.compare(parity.torch_runner(model), parity.openvino_runner(compiled), images)
+def test_openvino_fp32_matches_pytorch(tiny_model, tiny_ir, calib_images):
+    compiled = openvino_ir.compile_fp32(tiny_ir.xml)
+    result = parity.compare(parity.torch_runner(tiny_model), parity.openvino_runner(compiled), calib_images)
     assert_meaningful(result)
     assert result.violations(parity.FP32_TOLERANCE) == []
     assert result.mask_mismatches == 0  # the lean mask source (export.lean_graph) gives the argmax's mask
@@ -103,10 +61,10 @@ def test_bilinear_matrix_is_torch_bilinear_upsampling(in_size, out_size):
     torch.testing.assert_close(rows @ x @ cols.T, expected, atol=1e-6, rtol=0)
 
 
-def test_model_info_round_trips_through_the_xml(model, exported):
-    entries = read_model_info(ov.Core().read_model(str(exported.xml)))
+def test_model_info_round_trips_through_the_xml(tiny_model, tiny_ir):
+    entries = read_model_info(ov.Core().read_model(str(tiny_ir.xml)))
     info = ir_metadata.parse(entries)
-    assert info == replace(exported.info, precision="fp32")
+    assert info == replace(tiny_ir.info, precision="fp32")
     # Every declared key is written, but the INT8 summary (an FP32 IR); no Model API key with another meaning.
     assert set(entries) == set(ir_metadata.KEYS) - {"quantization"}
     assert not {"mean_values", "scale_values", "embedded_processing", "reverse_input_channels"} & set(entries)
@@ -117,21 +75,21 @@ def test_model_info_round_trips_through_the_xml(model, exported):
     assert info.format_version == ir_metadata.FORMAT_VERSION and info.mask_aware
     assert ModelConfig.from_dict(json.loads(entries["model_config"])) == ModelConfig.from_dict(info.model_config) == CONFIG
     convs = info.convs
-    run = profile(model, torch.zeros(1, 3, *CONFIG.input_size)).counts[0]
+    run = profile(tiny_model, torch.zeros(1, 3, *CONFIG.input_size)).counts[0]
     assert [(c["name"], c["network"], c["block"]) for c in convs] == [
         (count.layer.name, count.layer.network, count.layer.block) for count in run]
-    ir_convs = {op.get_friendly_name() for op in exported.ov_model.get_ordered_ops()
+    ir_convs = {op.get_friendly_name() for op in tiny_ir.ov_model.get_ordered_ops()
                 if op.get_type_name() in mask_graph.CONVOLUTIONS}
     assert {c["node"] for c in convs} == ir_convs
 
 
-def test_mask_path_runs_from_the_argmax_to_every_detector_conv(model, exported):
-    path = mask_graph.find_mask_path(exported.ov_model)
+def test_mask_path_runs_from_the_argmax_to_every_detector_conv(tiny_model, tiny_ir):
+    path = mask_graph.find_mask_path(tiny_ir.ov_model)
     # The lean form: the 1-channel logit margin upsampled by MatMuls, no 2-channel Interpolate + TopK.
     assert path.source.get_type_name() == "Greater"
     assert {"Subtract", "MatMul"} <= {node.get_type_name() for node in path.logits}
     assert not {"Interpolate", "TopK"} & {node.get_type_name() for node in path.logits}
-    post = mask_graph.postprocessing_nodes(exported.ov_model)
+    post = mask_graph.postprocessing_nodes(tiny_ir.ov_model)
     carriers = {node.get_type_name() for node in path.carriers}
     assert {"Convert", "MaxPool"} <= carriers <= {"Convert", "MaxPool"} | {node.get_type_name() for node in post}
     masked_convs = {target.get_node().get_friendly_name()
@@ -139,20 +97,20 @@ def test_mask_path_runs_from_the_argmax_to_every_detector_conv(model, exported):
                     if target.get_node().get_type_name() in mask_graph.CONVOLUTIONS}
     assert all(target.get_node().get_type_name() in mask_graph.CONVOLUTIONS
                for multiply, _ in path.multiplies for target in multiply.output(0).get_target_inputs())
-    assert len(masked_convs) == sum(net == "od" for net, *_ in network_convs(model))
+    assert len(masked_convs) == sum(net == "od" for net, *_ in network_convs(tiny_model))
     post = {node.get_type_name() for node in post}
     assert {"NonMaxSuppression", "TopK", "Softmax"} <= post and not post & set(mask_graph.CONVOLUTIONS)
 
 
-def test_int8_keeps_the_mask_exact(exported, int8, images):
-    path = mask_graph.find_mask_path(exported.ov_model)
+def test_int8_keeps_the_mask_exact(tiny_ir, int8, calib_images):
+    path = mask_graph.find_mask_path(tiny_ir.ov_model)
     assert {node.get_friendly_name() for node in path.nodes()} <= set(int8.ignored_scope.names)
     assert mask_graph.fake_quantizes_on_mask(int8.model) == []
     assert mask_graph.quantizers_not_keeping_zero(int8.model) == []
     # The scope does not cost the detector its INT8 convs, and the masking runs on 8-bit integers:
     # quantizer -> integer Multiply by the mask -> Convert -> constant scale -> conv.
     masked = mask_graph.find_mask_path(int8.model).multiplies
-    assert len(masked) == len(mask_graph.find_mask_path(exported.ov_model).multiplies)
+    assert len(masked) == len(mask_graph.find_mask_path(tiny_ir.ov_model).multiplies)
     for multiply, port in masked:
         assert multiply.get_output_element_type(0) in (ov.Type.u8, ov.Type.i8)
         assert multiply.input_value(1 - port).get_node().input_value(0).get_node().get_type_name() == "FakeQuantize"
@@ -161,27 +119,27 @@ def test_int8_keeps_the_mask_exact(exported, int8, images):
         assert [node.get_type_name() for node in scales] == ["Multiply"]
         assert all(target.get_node().get_type_name() in mask_graph.CONVOLUTIONS
                    for target in scales[0].output(0).get_target_inputs())
-    fp32 = parity.openvino_runner(openvino_ir.compile_fp32(exported.xml))
-    result = parity.compare(fp32, parity.openvino_runner(ov.Core().compile_model(int8.model, "CPU")), images)
+    fp32 = parity.openvino_runner(openvino_ir.compile_fp32(tiny_ir.xml))
+    result = parity.compare(fp32, parity.openvino_runner(ov.Core().compile_model(int8.model, "CPU")), calib_images)
     assert result.mask_non_binary == 0
     assert result.mask_iou > 0.8
 
 
-def test_integer_masking_is_nncfs_model_exactly(exported, int8, images):
+def test_integer_masking_is_nncfs_model_exactly(tiny_ir, int8, calib_images):
     """The rewrite (export.lean_graph.integer_mask_multiplies) against NNCF's own model, both run
     at f32: the convs read the same integers, so detections and mask are those of NNCF's model."""
-    nncf_form = quantize.quantize_int8(exported.ov_model, images, subset_size=len(images),
-                                       scope=quantize.ignored_scope(exported.ov_model)).model
+    nncf_form = quantize.quantize_int8(tiny_ir.ov_model, calib_images, subset_size=len(calib_images),
+                                       scope=quantize.ignored_scope(tiny_ir.ov_model)).model
     assert not [op for op in nncf_form.get_ordered_ops() if op.get_friendly_name().endswith("/mask")]
     result = parity.compare(parity.openvino_runner(openvino_ir.compile_fp32(nncf_form)),
-                            parity.openvino_runner(openvino_ir.compile_fp32(int8.model)), images)
+                            parity.openvino_runner(openvino_ir.compile_fp32(int8.model)), calib_images)
     assert_meaningful(result)
     assert result.violations(parity.FP32_TOLERANCE) == []
     assert result.mask_mismatches == 0
 
 
-def test_graph_check_catches_nncf_default_quantizing_the_mask(exported, images):
-    unprotected = quantize.quantize_int8(exported.ov_model, images, subset_size=len(images),
+def test_graph_check_catches_nncf_default_quantizing_the_mask(tiny_ir, calib_images):
+    unprotected = quantize.quantize_int8(tiny_ir.ov_model, calib_images, subset_size=len(calib_images),
                                          scope=nncf.IgnoredScope())
     assert mask_graph.fake_quantizes_on_mask(unprotected.model)
     with pytest.raises(quantize.MaskQuantizedError, match="mask path"):
@@ -232,14 +190,14 @@ def test_integer_masking_on_a_hand_built_graph(conv_input_range):
     assert mask_graph.quantizers_not_keeping_zero(rewritten) == [shifted.get_friendly_name()]
 
 
-def test_raw_export_with_dynamic_batch(tmp_path, model, images):
-    path = export_onnx(model, CONFIG.input_size, tmp_path / "raw.onnx", dynamic_batch=True, raw=True)
+def test_raw_export_with_dynamic_batch(tmp_path, tiny_model, calib_images):
+    path = export_onnx(tiny_model, CONFIG.input_size, tmp_path / "raw.onnx", dynamic_batch=True, raw=True)
     import onnxruntime as ort
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    batch = np.concatenate(images[:3])
+    batch = np.concatenate(calib_images[:3])
     cls, box, mask = session.run(["cls_logits", "box_deltas", "mask"], {"image": batch})
     with torch.no_grad():
-        expected = model(torch.from_numpy(batch))
+        expected = tiny_model(torch.from_numpy(batch))
     np.testing.assert_allclose(cls, expected.cls_logits.numpy(), atol=1e-4)
     np.testing.assert_allclose(box, expected.box_deltas.numpy(), atol=1e-4)
     np.testing.assert_array_equal(mask, expected.mask.numpy())
@@ -251,7 +209,7 @@ def test_raw_export_with_dynamic_batch(tmp_path, model, images):
     np.testing.assert_array_equal(outputs["mask"], expected.mask.numpy())
 
 
-def test_vanilla_model_exports_without_mask(tmp_path, images):
+def test_vanilla_model_exports_without_mask(tmp_path, calib_images):
     config = ModelConfig(num_classes=3, input_size=(128, 128), width=0.5, omg=False)
     vanilla = build_model(config).eval()
     ov_model = openvino_ir.convert(export_onnx(vanilla, (128, 128), tmp_path / "vanilla.onnx"))

@@ -23,7 +23,7 @@ from babo_edge.runtime.detector import read_model_info
 from babo_edge.export.quantize import CalibrationImages
 from babo_edge.models.checkpoint import load_model, save_checkpoint
 from babo_edge.models.preprocess import to_model_input
-from test_export import balanced_omg
+from tiny import balanced_omg
 
 ZOO = Path(__file__).resolve().parents[1] / "models" / "zoo"
 LAYOUT = ["model.onnx", "FP32/model.xml", "FP32/model.bin", "FP16/model.xml", "FP16/model.bin",

@@ -10,11 +10,10 @@ from model_api.models.model import WrapperError
 from babo_edge.ir_metadata import MASK
 from babo_edge.runtime.detector import Detector
 from babo_edge.runtime.model_api import BaboSSD
-from test_camera import frames, xml  # noqa: F401 (fixtures)
 
 
 @pytest.fixture(scope="module")
-def wrapped(xml):  # noqa: F811
+def wrapped(xml):
     return Model.create_model(str(xml), device="CPU", configuration={"confidence_threshold": 0.05})
 
 
@@ -38,7 +37,7 @@ def unmatched(theirs, ours, score_tol: float, box_tol: float) -> int:
 
 
 @pytest.mark.parametrize("frame_wh", [None, (300, 200)], ids=["input-size", "resized"])
-def test_detections_match_the_detector(wrapped, xml, frames, frame_wh):  # noqa: F811
+def test_detections_match_the_detector(wrapped, xml, frames, frame_wh):
     """At the input size: the same detections, boxes differing only by Model API's rounding to
     integer pixels. A resized frame goes through Model API's in-graph resize instead of OpenCV's:
     a few mask pixels and near-tied scores at the 100-detection cut may change, nothing more."""
@@ -55,7 +54,7 @@ def test_detections_match_the_detector(wrapped, xml, frames, frame_wh):  # noqa:
             assert sorted(theirs.label_names) == sorted(ours.classes[label] for label in ours.labels)
 
 
-def test_an_ir_without_decoded_detections_is_refused(xml, tmp_path):  # noqa: F811
+def test_an_ir_without_decoded_detections_is_refused(xml, tmp_path):
     full = ov.Core().read_model(str(xml))
     mask_only = ov.Model([full.output(MASK)], full.get_parameters(), "mask_only")
     mask_only.set_rt_info(full.get_rt_info(["model_info", "model_type"]).astype(str), ["model_info", "model_type"])

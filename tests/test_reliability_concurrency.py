@@ -8,22 +8,23 @@ import numpy as np
 import pytest
 
 from babo_edge.runtime.detector import Detector
-from test_runtime_detector import FP32, assert_same_result, frames, model, xml  # noqa: F401 (fixtures)
+from test_runtime_detector import assert_same_result
+from tiny import FP32
 
 THREADS = 4
 DEADLINE = 120  # seconds to wait for a thread that should finish: a hang guard, not a timing
 
 
 @pytest.fixture(scope="module")
-def batch(frames):  # noqa: F811 (the fixture imported above)
+def batch(calib_frames):
     """Distinct frames of distinct sizes, so a result swapped between callers would show."""
     sizes = [(37, 53), (200, 300), (128, 128), (96, 64), (64, 300), (301, 99), (50, 50), (120, 80)]
-    return [cv2.resize(frames[i % len(frames)][:, ::-1] if i >= len(frames) else frames[i], (w, h))
+    return [cv2.resize(calib_frames[i % len(calib_frames)][:, ::-1] if i >= len(calib_frames) else calib_frames[i], (w, h))
             for i, (h, w) in enumerate(sizes)]
 
 
 @pytest.fixture(scope="module")
-def expected(xml, batch):  # noqa: F811
+def expected(xml, batch):
     sequential = Detector(xml, config=FP32)
     return [sequential(frame) for frame in batch]
 
@@ -32,7 +33,7 @@ def test_the_batch_tells_its_frames_apart(expected):
     assert len({(r.frame_hw, r.scores[:3].round(4).tobytes()) for r in expected}) == len(expected)
 
 
-def test_one_detector_called_from_several_threads(xml, batch, expected):  # noqa: F811
+def test_one_detector_called_from_several_threads(xml, batch, expected):
     shared = Detector(xml, config=FP32)
     start = threading.Barrier(THREADS)
 
@@ -49,7 +50,7 @@ def test_one_detector_called_from_several_threads(xml, batch, expected):  # noqa
             assert_same_result(result, expected[i])
 
 
-def test_several_detectors_in_one_process_from_their_own_threads(xml, batch, expected):  # noqa: F811
+def test_several_detectors_in_one_process_from_their_own_threads(xml, batch, expected):
     detectors = [Detector(xml, config=FP32), Detector(xml, config=FP32, hint="THROUGHPUT", num_requests=2),
                  Detector(xml, config=FP32)]
 
@@ -69,7 +70,7 @@ def test_several_detectors_in_one_process_from_their_own_threads(xml, batch, exp
 
 
 def test_async_submissions_from_several_threads_are_delivered_once_each_in_submission_order(
-        xml, batch, expected):  # noqa: F811
+        xml, batch, expected):
     shared = Detector(xml, config=FP32, hint="THROUGHPUT", num_requests=3)
     start = threading.Barrier(THREADS)
 
@@ -90,7 +91,7 @@ def test_async_submissions_from_several_threads_are_delivered_once_each_in_submi
         assert_same_result(result, expected[i])
 
 
-def test_a_slow_callback_blocks_submission_and_drops_nothing(xml, batch, expected):  # noqa: F811
+def test_a_slow_callback_blocks_submission_and_drops_nothing(xml, batch, expected):
     """Back-pressure as documented: while the consumer (callback) is busy, infer_async blocks once
     every request is taken; nothing is dropped, and everything arrives in order once it resumes."""
     release = threading.Event()
@@ -126,7 +127,7 @@ def test_a_slow_callback_blocks_submission_and_drops_nothing(xml, batch, expecte
         assert_same_result(result, expected[i % len(batch)])
 
 
-def test_results_accumulate_until_read_when_nothing_consumes_them(xml, batch, expected):  # noqa: F811
+def test_results_accumulate_until_read_when_nothing_consumes_them(xml, batch, expected):
     """Without a callback nothing blocks or is dropped: undrained results wait in memory for results()."""
     queued = Detector(xml, config=FP32, hint="THROUGHPUT", num_requests=2)
     total = 4 * len(batch)

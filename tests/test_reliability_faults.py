@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from babo_edge.runtime import camera, run_camera, sources
-from test_camera import FakeCapture, frames, leftovers, ov_model, read_video, video100, xml  # noqa: F401 (fixtures)
+from test_camera import FakeCapture, leftovers, read_video
 
 REPO = Path(__file__).resolve().parents[1]
 DEADLINE = 120  # seconds to wait for a process or thread that should end: a hang guard, not a timing
@@ -72,11 +72,11 @@ class MjpegServer:
 
 
 @pytest.fixture(scope="module")
-def small_frames(frames):  # noqa: F811
+def small_frames(frames):
     return [cv2.resize(frame, (160, 120)) for frame in frames[:6]]
 
 
-def test_a_stream_that_drops_and_comes_back_is_reopened_then_given_up(ov_model, small_frames, tmp_path, capsys):  # noqa: F811
+def test_a_stream_that_drops_and_comes_back_is_reopened_then_given_up(ov_model, small_frames, tmp_path, capsys):
     server = MjpegServer(small_frames, plan=[15, "down", 10])  # drop, restarting, back, gone for good
     try:
         source = sources.open_source(server.url)
@@ -93,7 +93,7 @@ def test_a_stream_that_drops_and_comes_back_is_reopened_then_given_up(ov_model, 
     assert leftovers(tmp_path) == []
 
 
-def test_corrupt_frames_in_the_middle_of_a_video_end_cleanly(xml, video100, tmp_path, capsys):  # noqa: F811
+def test_corrupt_frames_in_the_middle_of_a_video_end_cleanly(xml, video100, tmp_path, capsys):
     broken = tmp_path / "broken.mp4"
     data = bytearray(video100.read_bytes())
     rng = np.random.default_rng(0)
@@ -108,7 +108,7 @@ def test_corrupt_frames_in_the_middle_of_a_video_end_cleanly(xml, video100, tmp_
     assert len(read_video(out / "v.mp4")) == report["images"] and leftovers(out) == []
 
 
-def test_a_camera_that_returns_empty_frames_is_reopened_then_given_up(ov_model, frames, tmp_path, capsys):  # noqa: F811
+def test_a_camera_that_returns_empty_frames_is_reopened_then_given_up(ov_model, frames, tmp_path, capsys):
     empty = [np.empty((0, 0, 3), np.uint8)] * 50  # "ok" reads with nothing in them, for ever
     opened = []
 
@@ -125,7 +125,7 @@ def test_a_camera_that_returns_empty_frames_is_reopened_then_given_up(ov_model, 
     assert errors.count("reopening") == sources.RETRIES and "skipped" not in errors
 
 
-def test_an_empty_frame_in_a_file_is_skipped(ov_model, frames, capsys):  # noqa: F811
+def test_an_empty_frame_in_a_file_is_skipped(ov_model, frames, capsys):
     source = sources.CaptureSource("clip", lambda: FakeCapture(frames[:2] + [np.empty((0, 0, 3), np.uint8)] + frames[2:4]),
                                   live=False)
     session = camera.run(camera.Pipeline(ov_model, source))
@@ -148,7 +148,7 @@ def small_disk(tmp_path):
 
 
 def test_disk_full_while_writing_the_video_publishes_no_video_and_still_the_report(
-        xml, video100, small_disk, tmp_path, capsys):  # noqa: F811
+        xml, video100, small_disk, tmp_path, capsys):
     report = tmp_path / "r.json"
     code = run_camera.main(["--model", str(xml), "--source", str(video100), "--no-show",
                             "--output", str(small_disk / "v.mp4"), "--report", str(report)])
@@ -160,7 +160,7 @@ def test_disk_full_while_writing_the_video_publishes_no_video_and_still_the_repo
 
 
 def test_disk_full_while_writing_the_report_fails_in_one_line_and_keeps_the_video(
-        xml, video100, small_disk, tmp_path, capsys):  # noqa: F811
+        xml, video100, small_disk, tmp_path, capsys):
     with pytest.raises(OSError), (small_disk / "filler").open("wb") as filler:  # the disk is full
         while True:
             filler.write(b"\0" * 4096)
@@ -176,7 +176,7 @@ def test_disk_full_while_writing_the_report_fails_in_one_line_and_keeps_the_vide
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_signal_ends_the_app_cleanly_with_video_and_report(xml, small_frames, tmp_path, signum):  # noqa: F811
+def test_a_signal_ends_the_app_cleanly_with_video_and_report(xml, small_frames, tmp_path, signum):
     server = MjpegServer(small_frames, plan=[None], interval_s=0.02)  # endless
     out = tmp_path / "out"
     out.mkdir()
@@ -223,7 +223,7 @@ IR_SWAP = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("how", ["truncate", "swap"])
-def test_an_ir_whose_bin_changes_after_compile_keeps_its_results(xml, frames, tmp_path, how):  # noqa: F811
+def test_an_ir_whose_bin_changes_after_compile_keeps_its_results(xml, frames, tmp_path, how):
     ir = tmp_path / "ir"
     shutil.copytree(xml.parent, ir)
     np.save(tmp_path / "frame.npy", frames[0])
@@ -233,7 +233,7 @@ def test_an_ir_whose_bin_changes_after_compile_keeps_its_results(xml, frames, tm
 
 
 @pytest.mark.parametrize("how", ["truncate", "swap"])
-def test_an_ir_whose_bin_changed_before_compile_is_a_one_line_error(xml, video100, tmp_path, capsys, how):  # noqa: F811
+def test_an_ir_whose_bin_changed_before_compile_is_a_one_line_error(xml, video100, tmp_path, capsys, how):
     ir = tmp_path / "ir"
     shutil.copytree(xml.parent, ir)
     weights = ir / xml.with_suffix(".bin").name
@@ -249,7 +249,7 @@ def test_an_ir_whose_bin_changed_before_compile_is_a_one_line_error(xml, video10
 
 
 @pytest.mark.parametrize("live", [True, False], ids=["live-drops", "file-waits"])
-def test_a_slow_consumer_makes_a_live_source_drop_and_a_file_wait(ov_model, frames, live):  # noqa: F811
+def test_a_slow_consumer_makes_a_live_source_drop_and_a_file_wait(ov_model, frames, live):
     """As runtime/camera.py documents: at the bound of `num_requests` frames in flight a live source
     drops the new frame (what is shown stays current), a file waits (every frame is processed)."""
     total = 30

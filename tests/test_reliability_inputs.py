@@ -19,7 +19,8 @@ from babo_edge.models.checkpoint import FORMAT_VERSION, CheckpointError, load_ch
 from babo_edge.runtime.detector import Detector, FrameError, ModelError
 from test_checkpoint import saved  # noqa: F401 (fixture)
 from test_data_coco import COCO, write_dataset
-from test_runtime_detector import FP32, assert_same_result, frames, model, xml  # noqa: F401 (fixtures)
+from test_runtime_detector import assert_same_result
+from tiny import FP32
 
 
 def one_line(error: pytest.ExceptionInfo) -> str:
@@ -29,15 +30,15 @@ def one_line(error: pytest.ExceptionInfo) -> str:
 
 
 @pytest.fixture(scope="module")
-def detector(xml):  # noqa: F811 (the fixture imported above)
+def detector(xml):
     return Detector(xml, config=FP32)
 
 
 @pytest.fixture(scope="module")
-def bgra(frames):
+def bgra(calib_frames):
     """A real 60x80 BGRA frame (alpha varies: it must be ignored)."""
     import cv2
-    bgr = cv2.resize(frames[0], (80, 60))
+    bgr = cv2.resize(calib_frames[0], (80, 60))
     alpha = np.arange(bgr.size // 3, dtype=np.uint8).reshape(bgr.shape[:2])
     return np.dstack([bgr, alpha])
 

@@ -5,14 +5,13 @@ import cv2
 import pytest
 
 from babo_edge.benchmarks import soak
-from test_camera import frames, ov_model, xml  # noqa: F401 (fixtures)
 
 FRAMES = 2000
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("config", ["counters-async", "plain-sync"])
-def test_a_short_soak_leaks_no_memory_descriptors_or_threads(ov_model, frames, config):  # noqa: F811
+def test_a_short_soak_leaks_no_memory_descriptors_or_threads(ov_model, frames, config):
     small = [cv2.resize(frame, (160, 120)) for frame in frames]
     row = soak.soak(ov_model, small, FRAMES, config, threads=1)
     assert row.frames == FRAMES
@@ -20,7 +19,7 @@ def test_a_short_soak_leaks_no_memory_descriptors_or_threads(ov_model, frames, c
     assert row.fds[1] <= row.fds[0] and row.threads[1] <= row.threads[0], row.line()
 
 
-def test_the_looped_source_gives_exactly_the_frames_asked_for(frames):  # noqa: F811
+def test_the_looped_source_gives_exactly_the_frames_asked_for(frames):
     source = soak.LoopedSource(frames[:3], 7, "three")
     got = [source.read() for _ in range(8)]
     assert [id(frame) for frame in got[:7]] == [id(frames[i % 3]) for i in range(7)] and got[7] is None

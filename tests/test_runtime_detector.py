@@ -9,46 +9,15 @@ import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
 import pytest
-import torch
 
-from babo_edge.export import openvino_ir, parity
-from babo_edge.export.onnx_export import export_onnx
-from babo_edge.models.builders import build_model
+from babo_edge.export import parity
 from babo_edge import ir_metadata
 from babo_edge.runtime.detector import (Detector, FrameError, ModelError, Result, postprocess, preprocess,
                               read_model_info)
 from babo_edge.runtime.devices import DeviceError, check_static_for_npu, resolve_device
-from test_export import CLASS_NAMES, CONFIG, balanced_omg
+from tiny import CONFIG, FP32, export_ir
 
 REPO = Path(__file__).resolve().parents[1]
-FP32 = {"INFERENCE_PRECISION_HINT": "f32"}  # parity with PyTorch needs no bf16 shortcuts
-
-
-def export_ir(model, out: Path, dynamic_batch: bool = False) -> Path:
-    onnx_path = export_onnx(model, CONFIG.input_size, out / "model.onnx", dynamic_batch=dynamic_batch)
-    ov_model = openvino_ir.convert(onnx_path)
-    openvino_ir.set_model_info(ov_model, openvino_ir.model_info(model, CONFIG, CLASS_NAMES, ov_model))
-    return openvino_ir.save_ir(ov_model, out / "FP32" / "model.xml", "fp32")
-
-
-@pytest.fixture(scope="module")
-def frames(tiny_dataset):
-    """Real BGR images of the built-in dataset, as a camera would give them."""
-    return [cv2.imread(str(path)) for path in sorted((tiny_dataset / "images" / "calib").iterdir())]
-
-
-@pytest.fixture(scope="module")
-def model(frames):
-    torch.manual_seed(0)
-    images = [preprocess(frame, CONFIG.input_size) for frame in frames]
-    return balanced_omg(build_model(CONFIG).eval(), images)
-
-
-@pytest.fixture(scope="module")
-def xml(tmp_path_factory, model):
-    return export_ir(model, tmp_path_factory.mktemp("ir"))
-
-
 @pytest.fixture(scope="module")
 def detector(xml):
     return Detector(xml, config=FP32)
@@ -62,11 +31,11 @@ def as_graph_outputs(result: Result, input_hw) -> dict[str, np.ndarray]:
     return {"detections": detections, "mask": result.mask[None, None].astype(np.float32)}
 
 
-def test_results_match_pytorch_in_frame_pixels(model, detector, frames):
-    frame = cv2.resize(frames[0], (300, 200))
+def test_results_match_pytorch_in_frame_pixels(tiny_model, detector, calib_frames):
+    frame = cv2.resize(calib_frames[0], (300, 200))
     inputs = preprocess(frame, CONFIG.input_size)
     result = detector(frame)
-    compared = parity.compare(parity.torch_runner(model), lambda _: as_graph_outputs(result, CONFIG.input_size),
+    compared = parity.compare(parity.torch_runner(tiny_model), lambda _: as_graph_outputs(result, CONFIG.input_size),
                               [inputs])
     assert compared.matched > 0 and 0 < compared.mask_intersection < compared.mask_pixels
     assert compared.violations(parity.FP32_TOLERANCE) == []
@@ -87,8 +56,8 @@ def test_metadata_comes_from_the_ir(detector):
     assert detector.device == "CPU" and isinstance(detector.compiled, ov.CompiledModel)
 
 
-def test_gray_bgra_and_odd_frames(detector, frames):
-    bgr = cv2.resize(frames[1], (53, 37))
+def test_gray_bgra_and_odd_frames(detector, calib_frames):
+    bgr = cv2.resize(calib_frames[1], (53, 37))
     gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
     expected = detector(cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR))
     for frame in (gray, gray[..., None]):
@@ -109,9 +78,9 @@ def test_bad_frames_raise_frame_error(detector, frame):
         detector.infer_async(frame)
 
 
-def test_async_results_in_submission_order_with_userdata(xml, frames):
+def test_async_results_in_submission_order_with_userdata(xml, calib_frames):
     sizes = [(37, 53), (200, 300), (128, 128), (480, 640), (64, 300), (301, 99)]
-    batch = [cv2.resize(frames[i % len(frames)], (w, h)) for i, (h, w) in enumerate(sizes)]
+    batch = [cv2.resize(calib_frames[i % len(calib_frames)], (w, h)) for i, (h, w) in enumerate(sizes)]
     sync = Detector(xml)
     expected = [sync(frame) for frame in batch]
     queued = Detector(xml, hint="THROUGHPUT", num_requests=3)
@@ -134,11 +103,11 @@ def test_async_results_in_submission_order_with_userdata(xml, frames):
     assert received == list(range(len(batch))) and list(with_callback.results()) == []
 
 
-def test_failing_callback_is_reported_by_wait_all(xml, frames):
+def test_failing_callback_is_reported_by_wait_all(xml, calib_frames):
     def fail(userdata, result):
         raise KeyError(userdata)
     failing = Detector(xml, callback=fail)
-    failing.infer_async(frames[0], "boom")
+    failing.infer_async(calib_frames[0], "boom")
     with pytest.raises(RuntimeError, match="boom"):
         failing.wait_all()
 
@@ -222,8 +191,8 @@ def test_movidius_devices_are_explained(name):
         assert "Neural Compute Stick 2" in message and "2022.3 LTS" in message and "\n" not in message
 
 
-def test_npu_with_dynamic_batch_is_refused_before_compiling(tmp_path, model):
-    dynamic = export_ir(model, tmp_path, dynamic_batch=True)
+def test_npu_with_dynamic_batch_is_refused_before_compiling(tmp_path, tiny_model):
+    dynamic = export_ir(tiny_model, tmp_path, dynamic_batch=True)
     assert Detector(dynamic)(np.zeros((20, 30, 3), np.uint8)).mask.shape == (128, 128)  # runs on CPU
     core = ov.Core()
     npu_core = SimpleNamespace(available_devices=["CPU", "NPU"], read_model=core.read_model,
@@ -296,13 +265,13 @@ def test_model_without_metadata_or_raw_outputs_is_refused(xml):
         Detector.from_model(raw)
 
 
-def test_from_model_compiles_an_in_memory_copy(xml, detector, frames):
+def test_from_model_compiles_an_in_memory_copy(xml, detector, calib_frames):
     copy = Detector.from_model(ov.Core().read_model(str(xml)).clone(), config=FP32, score_threshold=0.2)
-    expected = detector(frames[2])
-    result = copy(frames[2])
+    expected = detector(calib_frames[2])
+    result = copy(calib_frames[2])
     keep = expected.scores >= 0.2
     np.testing.assert_allclose(result.boxes, expected.boxes[keep], atol=1e-3)
-    assert set(copy.run(preprocess(frames[2], copy.input_hw))) == {"detections", "mask"}
+    assert set(copy.run(preprocess(calib_frames[2], copy.input_hw))) == {"detections", "mask"}
 
 
 def test_unknown_hint_is_refused(xml):

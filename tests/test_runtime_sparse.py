@@ -9,13 +9,12 @@ import openvino as ov
 import pytest
 import torch
 
-from babo_edge.export import openvino_ir, parity, quantize
-from babo_edge.export.onnx_export import export_onnx
+from babo_edge.export import parity, quantize
 from babo_edge.models.builders import ModelConfig, build_model
 from babo_edge.runtime.detector import Detector, ModelError, preprocess
 from babo_edge.runtime.sparse import IMAGE_CROP, MASK_CROP, OFFSET_INPUT, ROI_STRIDE, CostModel, SparsePlan, crop_of
-from test_export import CLASS_NAMES, CONFIG
-from test_runtime_detector import FP32, export_ir, frames, model, with_info, xml  # noqa: F401 (fixtures)
+from test_runtime_detector import with_info
+from tiny import CONFIG, FP32, export_ir
 
 # Not a multiple of 32: the last row and column of cells are partial.
 ODD_CONFIG = ModelConfig(num_classes=3, input_size=(144, 208), omg_size=(72, 104), width=0.5)
@@ -82,8 +81,9 @@ def check_roi_is_dense(ov_model: ov.Model, input_hw, images, config=FP32, tolera
 
 
 @pytest.fixture(scope="module")
-def images(frames):
-    return [preprocess(frame, CONFIG.input_size) for frame in frames[:2]]
+def images(calib_images):
+    """preprocess() of the first two calib frames."""
+    return calib_images[:2]
 
 
 def test_crop_snaps_to_the_stride_32_grid_and_the_input_edge():
@@ -123,35 +123,27 @@ def test_roi_gives_the_dense_detections_for_every_mask_shape(xml, images):
                      (32, 0, 64, 128)}
 
 
-def test_roi_on_an_input_size_that_is_not_a_multiple_of_32(tmp_path, frames):
+def test_roi_on_an_input_size_that_is_not_a_multiple_of_32(tmp_path, calib_frames):
     torch.manual_seed(1)
     model = build_model(ODD_CONFIG).eval()
-    ir = export_ir_with(model, ODD_CONFIG, tmp_path)
-    images = [preprocess(frame, ODD_CONFIG.input_size) for frame in frames[:2]]
+    ir = export_ir(model, tmp_path, ODD_CONFIG)
+    images = [preprocess(frame, ODD_CONFIG.input_size) for frame in calib_frames[:2]]
     crops = check_roi_is_dense(ov.Core().read_model(str(ir)), ODD_CONFIG.input_size, images)
     assert {(96, 160, 48, 48), (32, 32, 96, 128)} <= crops  # a partial corner cell (with one more); two components
 
 
-def export_ir_with(model, config, out):
-    ov_model = openvino_ir.convert(export_onnx(model, config.input_size, out / "model.onnx"))
-    openvino_ir.set_model_info(ov_model, openvino_ir.model_info(model, config, CLASS_NAMES, ov_model))
-    return openvino_ir.save_ir(ov_model, out / "model.xml", "fp32")
-
-
-def test_int8_roi_gives_the_int8_dense_detections(xml, images, tiny_dataset):
+def test_int8_roi_gives_the_int8_dense_detections(xml, images, calib_images):
     """With f32 execution (no bf16 shortcuts: the plugin may fuse the crop model differently)."""
-    calib = quantize.CalibrationImages(CONFIG.input_size, 4, tiny_dataset / "images" / "calib")
-    int8 = quantize.quantize_int8(ov.Core().read_model(str(xml)), [calib[i] for i in range(len(calib))],
-                                  subset_size=len(calib)).model
+    int8 = quantize.quantize_int8(ov.Core().read_model(str(xml)), calib_images, subset_size=len(calib_images)).model
     check_roi_is_dense(int8, CONFIG.input_size, images)
 
 
 @pytest.mark.parametrize("execution", ["roi", "auto"])
-def test_detector_sparse_execution_matches_dense_on_frames(xml, frames, execution):
+def test_detector_sparse_execution_matches_dense_on_frames(xml, calib_frames, execution):
     dense = Detector(xml, config=FP32)
     sparse = Detector(xml, config=FP32, execution=execution)
     assert sparse.execution == execution
-    for frame in [frames[0], cv2.resize(frames[1], (301, 203)), frames[2][:, :, 0]]:
+    for frame in [calib_frames[0], cv2.resize(calib_frames[1], (301, 203)), calib_frames[2][:, :, 0]]:
         expected, result = dense(frame), sparse(frame)
         assert result.execution in ("roi", "dense") and np.array_equal(result.mask, expected.mask)
         assert result.labels.tolist() == expected.labels.tolist()
@@ -159,37 +151,37 @@ def test_detector_sparse_execution_matches_dense_on_frames(xml, frames, executio
         np.testing.assert_allclose(result.boxes, expected.boxes, atol=0.01)
 
 
-def test_empty_mask_needs_only_the_omg(model, tmp_path, frames):
-    xml = export_ir(omg_biased(model, foreground=False), tmp_path)
+def test_empty_mask_needs_only_the_omg(tiny_model, tmp_path, calib_frames):
+    xml = export_ir(omg_biased(tiny_model, foreground=False), tmp_path)
     dense, roi = Detector(xml, config=FP32), Detector(xml, config=FP32, execution="roi")
-    for frame in frames[:2]:
+    for frame in calib_frames[:2]:
         expected, result = dense(frame), roi(frame)
         assert len(expected.boxes) == len(result.boxes) == 0 and result.execution == "empty"
         assert result.mask.max() == 0 and result.roi is None
 
 
-def test_full_mask_runs_the_dense_detector(model, tmp_path, frames):
-    xml = export_ir(omg_biased(model, foreground=True), tmp_path)
+def test_full_mask_runs_the_dense_detector(tiny_model, tmp_path, calib_frames):
+    xml = export_ir(omg_biased(tiny_model, foreground=True), tmp_path)
     dense, roi = Detector(xml, config=FP32), Detector(xml, config=FP32, execution="roi")
-    expected, result = dense(frames[0]), roi(frames[0])
+    expected, result = dense(calib_frames[0]), roi(calib_frames[0])
     assert result.execution == "dense" and result.mask.min() == 1 and len(expected.boxes) > 0
     assert_same(np.column_stack([np.zeros(len(expected.boxes)), expected.labels, expected.scores, expected.boxes]),
                 np.column_stack([np.zeros(len(result.boxes)), result.labels, result.scores, result.boxes]))
 
 
-def test_async_sparse_results_come_in_order(xml, frames):
+def test_async_sparse_results_come_in_order(xml, calib_frames):
     roi = Detector(xml, config=FP32, execution="roi")
-    for i, frame in enumerate(frames):
+    for i, frame in enumerate(calib_frames):
         roi.infer_async(frame, i)
     roi.wait_all()
     delivered = list(roi.results())
-    assert [i for i, _ in delivered] == list(range(len(frames)))
-    for (i, result), frame in zip(delivered, frames):
+    assert [i for i, _ in delivered] == list(range(len(calib_frames)))
+    for (i, result), frame in zip(delivered, calib_frames):
         np.testing.assert_array_equal(result.boxes, roi(frame).boxes)
 
 
-def test_roi_is_reported_in_frame_pixels(xml, frames):
-    frame = cv2.resize(frames[0], (256, 64))  # 2x wider, half as high as the 128 px input
+def test_roi_is_reported_in_frame_pixels(xml, calib_frames):
+    frame = cv2.resize(calib_frames[0], (256, 64))  # 2x wider, half as high as the 128 px input
     result = Detector(xml, config=FP32, execution="roi")(frame)
     if result.execution == "roi":
         x1, y1, x2, y2 = result.roi
@@ -202,11 +194,11 @@ def test_cost_model_picks_the_cheaper_path():
     assert cost.omg_first(None) and cost.omg_first(0.3) and not cost.omg_first(0.8)
 
 
-def test_auto_runs_the_dense_graph_after_a_large_crop_and_stays_exact(xml, frames):
+def test_auto_runs_the_dense_graph_after_a_large_crop_and_stays_exact(xml, calib_frames):
     dense, auto = Detector(xml, config=FP32), Detector(xml, config=FP32, execution="auto")
     auto._sparse.cost = CostModel(omg=0.3, detector=1.0, dense=1.1, fixed=0.1, per_area=1.1)
     auto._sparse._previous_area = 1.0  # as after a full-frame crop: one call of the dense graph
-    sequence = [frames[0], np.zeros_like(frames[1]), frames[1], frames[2]]
+    sequence = [calib_frames[0], np.zeros_like(calib_frames[1]), calib_frames[1], calib_frames[2]]
     ran = []
     for frame in sequence:
         expected, result = dense(frame), auto(frame)

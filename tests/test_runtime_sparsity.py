@@ -3,7 +3,6 @@ import json
 import math
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -13,42 +12,24 @@ import pytest
 import torch
 
 from babo_edge.export import mask_graph, openvino_ir, parity, quantize
-from babo_edge.export.onnx_export import export_onnx
-from babo_edge.models.builders import build_model
 from babo_edge.models.profiling import mac_report, profile
 from babo_edge.runtime import plots, sparsity
-from test_export import CLASS_NAMES, CONFIG, balanced_omg
 
 
 @pytest.fixture(scope="module")
-def images(tiny_dataset):
-    calib = quantize.CalibrationImages(CONFIG.input_size, 4, tiny_dataset / "images" / "calib")
-    return np.concatenate([calib[i] for i in range(len(calib))])
+def images(calib_images):
+    """The calib images as one batch (4, 3, 128, 128)."""
+    return np.concatenate(calib_images)
 
 
 @pytest.fixture(scope="module")
-def model(images):
-    torch.manual_seed(0)
-    return balanced_omg(build_model(CONFIG).eval(), list(images[:, None]))
+def int8_model(ov_model, images):
+    return quantize.quantize_int8(ov_model, list(images[:, None]), subset_size=len(images)).model
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, model):
-    out = tmp_path_factory.mktemp("sparsity")
-    ov_model = openvino_ir.convert(export_onnx(model, CONFIG.input_size, out / "model.onnx"))
-    openvino_ir.set_model_info(ov_model, openvino_ir.model_info(model, CONFIG, CLASS_NAMES, ov_model))
-    xml = openvino_ir.save_ir(ov_model, out / "model_fp32.xml", "fp32")
-    return SimpleNamespace(fp32=ov.Core().read_model(str(xml)), xml=xml)
-
-
-@pytest.fixture(scope="module")
-def int8_model(exported, images):
-    return quantize.quantize_int8(exported.fp32, list(images[:, None]), subset_size=len(images)).model
-
-
-@pytest.fixture(scope="module")
-def torch_profile(model, images):
-    return profile(model, torch.from_numpy(images))
+def torch_profile(tiny_model, images):
+    return profile(tiny_model, torch.from_numpy(images))
 
 
 def run_each(compiled: ov.CompiledModel, images: np.ndarray) -> list[dict[str, np.ndarray]]:
@@ -64,8 +45,8 @@ def count_stream(model: ov.Model, images: np.ndarray, config: dict | None = None
     return counter
 
 
-def test_conv_layers_read_from_the_ir_equal_the_pytorch_layers(exported, torch_profile):
-    assert sparsity.conv_layers(exported.fp32) == [count.layer for count in torch_profile.counts[0]]
+def test_conv_layers_read_from_the_ir_equal_the_pytorch_layers(ov_model, torch_profile):
+    assert sparsity.conv_layers(ov_model) == [count.layer for count in torch_profile.counts[0]]
 
 
 # A ReLU6 input within float rounding of 0 (~1e-6 here) is 0 in one runtime and 1e-9 in the
@@ -115,9 +96,9 @@ def assert_reports_match(report: dict, reference: dict) -> None:
         assert abs(node["mac_star"] - expected["mac_star"]) <= allowed * mac_per_activation, expected.get("name")
 
 
-def test_fp32_counts_match_pytorch(exported, images, torch_profile):
-    compiled = ov.Core().compile_model(sparsity.instrument(exported.fp32), "CPU", openvino_ir.FP32_HINT)
-    layers = sparsity.conv_layers(exported.fp32)
+def test_fp32_counts_match_pytorch(ov_model, images, torch_profile):
+    compiled = ov.Core().compile_model(sparsity.instrument(ov_model), "CPU", openvino_ir.FP32_HINT)
+    layers = sparsity.conv_layers(ov_model)
     for i, outputs in enumerate(run_each(compiled, images)):
         (counts,) = sparsity.layer_counts(outputs, layers)
         assert_counts_match(counts, torch_profile.counts[i])
@@ -126,25 +107,25 @@ def test_fp32_counts_match_pytorch(exported, images, torch_profile):
     assert 0 < stem.zeros < stem.layer.input_numel  # the comparison saw background and foreground
 
 
-def test_runtime_report_matches_the_pytorch_report(model, exported, images):
-    counter = count_stream(exported.fp32, images, openvino_ir.FP32_HINT)
+def test_runtime_report_matches_the_pytorch_report(tiny_model, ov_model, images):
+    counter = count_stream(ov_model, images, openvino_ir.FP32_HINT)
     report = counter.report(meta={"source": "test"})
-    assert_reports_match(report, mac_report(model, torch.from_numpy(images), meta={"source": "test"}))
+    assert_reports_match(report, mac_report(tiny_model, torch.from_numpy(images), meta={"source": "test"}))
     assert counter.images == len(images) and 0 < report["fg_ratio"] < 1
     assert "[od] blocks" in counter.table()
 
 
-def test_instrumented_fp32_outputs_equal_the_plain_model_exactly(exported, images):
-    counted = sparsity.instrument(exported.fp32)
-    names = [output.get_any_name() for output in exported.fp32.outputs]
+def test_instrumented_fp32_outputs_equal_the_plain_model_exactly(ov_model, images):
+    counted = sparsity.instrument(ov_model)
+    names = [output.get_any_name() for output in ov_model.outputs]
     assert [output.get_any_name() for output in counted.outputs][:len(names)] == names == ["detections", "mask"]
-    assert len(counted.outputs) == len(names) + len(sparsity.conv_table(exported.fp32))
-    plain = openvino_ir.compile_fp32(exported.fp32)
+    assert len(counted.outputs) == len(names) + len(sparsity.conv_table(ov_model))
+    plain = openvino_ir.compile_fp32(ov_model)
     instrumented = openvino_ir.compile_fp32(counted)
     for image in images:
         outputs, zeros = sparsity.split_outputs(instrumented(image[None]))
         expected = sparsity.named(plain(image[None]))
-        assert outputs.keys() == expected.keys() and len(zeros) == len(sparsity.conv_table(exported.fp32))
+        assert outputs.keys() == expected.keys() and len(zeros) == len(sparsity.conv_table(ov_model))
         for name in expected:
             np.testing.assert_array_equal(outputs[name], expected[name])
 
@@ -189,13 +170,13 @@ def with_background_counts(model: ov.Model) -> tuple[ov.Model, dict[str, str]]:
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
-def test_masked_convs_count_at_least_the_blacked_out_background(precision, exported, int8_model, images):
+def test_masked_convs_count_at_least_the_blacked_out_background(precision, ov_model, int8_model, images):
     """Provable, so exact: where the (max-pooled) mask is 0 the masked product is exactly 0, and in
     INT8 the 8-bit product scaled into the conv keeps 0 (checked by quantize_int8), so every masked
     conv input holds at least channels x the zero pixels of the mask it is multiplied with. The
     INT8 model's mask differs from the FP32 one (its OMG is quantized): each is compared with its
     own mask."""
-    ov_model = exported.fp32 if precision == "fp32" else int8_model
+    ov_model = ov_model if precision == "fp32" else int8_model
     model, background_of = with_background_counts(ov_model)
     layers = sparsity.conv_layers(ov_model)
     node_of = {entry["name"]: entry["node"] for entry in sparsity.conv_table(ov_model)}
@@ -234,7 +215,7 @@ def test_counts_a_hand_built_graph_with_dynamic_batch():
     assert sparsity.fg_ratios(compiled(batch), 2) == [None, None]
 
 
-def test_clear_errors(exported):
+def test_clear_errors(ov_model):
     data = ops.parameter([1, 4, -1, -1], np.float32)
     conv = ops.convolution(data, ops.constant(np.ones((4, 4, 1, 1), np.float32)), [1, 1], [0, 0], [0, 0], [1, 1])
     model = ov.Model([ops.result(conv)], [data])
@@ -248,11 +229,11 @@ def test_clear_errors(exported):
     with pytest.raises(ValueError, match="another exporter version"):
         sparsity.instrument(model)
     with pytest.raises(ValueError, match="run a model made by instrument"):
-        sparsity.layer_counts({"mask": np.zeros((1, 1, 2, 2))}, sparsity.conv_layers(exported.fp32))
+        sparsity.layer_counts({"mask": np.zeros((1, 1, 2, 2))}, sparsity.conv_layers(ov_model))
 
 
-def test_block_zeros_plot_with_two_reports(tmp_path, exported, int8_model, images):
-    fp32 = count_stream(exported.fp32, images[:2], openvino_ir.FP32_HINT).report()
+def test_block_zeros_plot_with_two_reports(tmp_path, ov_model, int8_model, images):
+    fp32 = count_stream(ov_model, images[:2], openvino_ir.FP32_HINT).report()
     int8 = count_stream(int8_model, images[:2]).report()
     figure = plots.block_zeros_figure(fp32, other=int8, labels=("FP32", "INT8"))
     axes = figure.axes[0]
@@ -268,12 +249,12 @@ def test_block_zeros_plot_with_two_reports(tmp_path, exported, int8_model, image
     assert [p.name for p in path.parent.iterdir()] == ["zeros.png"]  # no temporary left behind
 
 
-def test_counter_overhead_is_the_interleaved_median_ratio(exported, monkeypatch):
+def test_counter_overhead_is_the_interleaved_median_ratio(ov_model, monkeypatch):
     """No wall clock: a fake plugin whose requests 'take' 2 ms plain and 3 ms with counters
     (told apart by the counters' extra outputs), under a fake clock."""
     clock = {"now": 0.0}
     calls = []
-    plain_outputs = len(exported.fp32.outputs)
+    plain_outputs = len(ov_model.outputs)
 
     class Request:
         def __init__(self, model):
@@ -290,17 +271,17 @@ def test_counter_overhead_is_the_interleaved_median_ratio(exported, monkeypatch)
 
     monkeypatch.setattr(sparsity.ov, "Core", Core)
     monkeypatch.setattr(sparsity.time, "perf_counter", lambda: clock["now"])
-    result = sparsity.measure_overhead(exported.fp32, np.zeros((1, 3, 128, 128), np.float32), runs=5,
+    result = sparsity.measure_overhead(ov_model, np.zeros((1, 3, 128, 128), np.float32), runs=5,
                                        config={"K": "V"})
     assert result["plain_ms"] == pytest.approx(2.0) and result["instrumented_ms"] == pytest.approx(3.0)
     assert result["overhead"] == pytest.approx(0.5) and result["runs"] == 5
     assert calls == [False, True] + [False, True] * 5  # one warm-up each, then interleaved
 
 
-def test_torch_free_in_a_fresh_interpreter(exported, tmp_path):
+def test_torch_free_in_a_fresh_interpreter(xml, tmp_path):
     code = ("import sys, numpy as np, openvino as ov\n"
             "from babo_edge.runtime import plots, sparsity\n"
-            f"model = ov.Core().read_model({str(exported.xml)!r})\n"
+            f"model = ov.Core().read_model({str(xml)!r})\n"
             "compiled = ov.Core().compile_model(sparsity.instrument(model), 'CPU')\n"
             "counter = sparsity.SparsityCounter.from_model(model)\n"
             "counter.add(compiled(np.zeros((1, 3, 128, 128), np.float32)))\n"
