@@ -12,7 +12,7 @@ import openvino as ov
 import pytest
 import torch
 
-from tiny import CONFIG, VIDEO_SIZE, balanced_omg, build_ir
+from tiny import CHECKPOINT_NAMES, CONFIG, VIDEO_SIZE, balanced_omg, build_ir
 
 # Denormal floats make freshly initialised CPU convolutions up to 20x slower (seen here).
 torch.set_flush_denormal(True)
@@ -124,3 +124,37 @@ def ov_model(xml):
     yield model
     assert graph(model) == read, "a test changed the shared ov_model"
 
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_dataset):
+    """The tiny model's twin with the dataset's 6 classes, balanced on its calib images and saved
+    as a checkpoint, for export/to_ir.py."""
+    from dataclasses import replace
+
+    from babo_edge.calibration.coco import CocoDetection
+    from babo_edge.calibration.synthetic import split_files
+    from babo_edge.export.quantize import CalibrationImages
+    from babo_edge.models.builders import build_model
+    from babo_edge.models.checkpoint import save_checkpoint
+    config = replace(CONFIG, num_classes=6)
+    coco = CocoDetection(*split_files(tiny_dataset, "val"))
+    calib = CalibrationImages(config.input_size, 4, tiny_dataset)
+    torch.manual_seed(0)
+    model = balanced_omg(build_model(config).eval(), [calib[i] for i in range(len(calib))])
+    path = save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", model, config, coco.class_names)
+    saved = hashlib.sha256(path.read_bytes()).hexdigest()
+    yield path
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == saved, "a test changed the shared tiny_checkpoint"
+
+
+@pytest.fixture
+def saved(tmp_path):
+    """(model, path): the tiny model (seed 0, OMG not balanced) saved with metadata and a training
+    state, class names CHECKPOINT_NAMES."""
+    from babo_edge.models.builders import build_model
+    from babo_edge.models.checkpoint import save_checkpoint
+    torch.manual_seed(0)
+    model = build_model(CONFIG).eval()
+    path = save_checkpoint(tmp_path / "model.pt", model, CONFIG, CHECKPOINT_NAMES, metadata={"epochs": 3},
+                           training_state={"epoch": 3, "optimizer": {"lr": torch.tensor(0.1)}})
+    return model, path

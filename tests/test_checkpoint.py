@@ -8,19 +8,7 @@ import torch
 from babo_edge.models.builders import ModelConfig, build_model
 from babo_edge.models.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from babo_edge.models.cli import write_json
-
-CONFIG = ModelConfig(num_classes=3, input_size=(128, 128), omg_size=(64, 64), width=0.5)
-NAMES = ["disc", "square", "star"]
-
-
-@pytest.fixture
-def saved(tmp_path):
-    torch.manual_seed(0)
-    model = build_model(CONFIG).eval()
-    path = save_checkpoint(tmp_path / "model.pt", model, CONFIG, NAMES, metadata={"epochs": 3},
-                           training_state={"epoch": 3, "optimizer": {"lr": torch.tensor(0.1)}})
-    return model, path
-
+from tiny import CHECKPOINT_NAMES as NAMES, CONFIG
 
 def test_round_trip_restores_config_names_and_outputs(saved):
     model, path = saved

@@ -23,7 +23,6 @@ from babo_edge.runtime.detector import read_model_info
 from babo_edge.export.quantize import CalibrationImages
 from babo_edge.models.checkpoint import load_model, save_checkpoint
 from babo_edge.models.preprocess import to_model_input
-from tiny import balanced_omg
 
 ZOO = Path(__file__).resolve().parents[1] / "models" / "zoo"
 LAYOUT = ["model.onnx", "FP32/model.xml", "FP32/model.bin", "FP16/model.xml", "FP16/model.bin",
@@ -116,20 +115,7 @@ def _dataset_dir() -> Path:
     return ensure_default_dataset()
 
 
-# --- options on a tiny model ------------------------------------------------------------------
-
-TINY = ModelConfig(num_classes=6, input_size=(128, 128), omg_size=(64, 64), width=0.5)
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory, tiny_dataset):
-    from babo_edge.export.quantize import CalibrationImages
-    coco = CocoDetection(*split_files(tiny_dataset, "val"))
-    calib = CalibrationImages(TINY.input_size, 4, tiny_dataset)
-    torch.manual_seed(0)
-    model = balanced_omg(build_model(TINY).eval(), [calib[i] for i in range(len(calib))])
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", model, TINY, coco.class_names)
-
+# --- options on a tiny model (conftest's tiny_checkpoint) ----------------------------------------
 
 def run_tiny(checkpoint, dataset, out, *extra) -> int:
     return to_ir_main([str(checkpoint), "--output", str(out), "--calib", str(dataset), "--val", str(dataset),

@@ -13,7 +13,7 @@ import pytest
 
 from babo_edge.export import pipeline
 from babo_edge.export.pipeline import EXPORT_MARKER, REPORT_FILE, clean_stale_work, prepare_output
-from test_export_cli import leftovers, run_tiny, tiny_checkpoint  # noqa: F401 (fixture)
+from test_export_cli import leftovers, run_tiny
 
 REPO = Path(__file__).resolve().parents[1]
 DEADLINE = 300  # seconds: a hang guard, not a timing
@@ -97,7 +97,7 @@ def test_a_live_work_folder_is_never_removed(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigkill_mid_export_keeps_the_previous_export_and_the_next_run_cleans_up(tiny_checkpoint, tiny_dataset,  # noqa: F811
+def test_sigkill_mid_export_keeps_the_previous_export_and_the_next_run_cleans_up(tiny_checkpoint, tiny_dataset,
                                                                                 tmp_path):
     out = tmp_path / "out"
     assert run_tiny(tiny_checkpoint, tiny_dataset, out, "--precision", "fp32", "--no-val") == 0

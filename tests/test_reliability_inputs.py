@@ -17,7 +17,6 @@ from babo_edge.calibration.errors import DatasetError
 from babo_edge.calibration.folder import ImageFolder
 from babo_edge.models.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, load_model
 from babo_edge.runtime.detector import Detector, FrameError, ModelError
-from test_checkpoint import saved  # noqa: F401 (fixture)
 from test_data_coco import COCO, write_dataset
 from test_runtime_detector import assert_same_result
 from tiny import FP32
@@ -256,7 +255,7 @@ def test_coco_json_of_another_shape_is_refused(tmp_path):
 
 # --- checkpoints and IRs from elsewhere ---
 
-def test_checkpoint_from_a_newer_format_version_is_refused_naming_both_versions(saved, tmp_path):  # noqa: F811
+def test_checkpoint_from_a_newer_format_version_is_refused_naming_both_versions(saved, tmp_path):
     _, path = saved
     data = torch.load(path, weights_only=True)
     data["format_version"] = FORMAT_VERSION + 1

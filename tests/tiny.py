@@ -12,6 +12,7 @@ from babo_edge.models.builders import ModelConfig
 
 CONFIG = ModelConfig(num_classes=3, input_size=(128, 128), omg_size=(64, 64), width=0.5)
 CLASS_NAMES = ["red disc", "square", "triangle"]
+CHECKPOINT_NAMES = ["disc", "square", "star"]  # those of conftest's `saved` checkpoint
 VIDEO_SIZE = (240, 176)  # width, height of conftest's `video100` clip
 FP32 = {"INFERENCE_PRECISION_HINT": "f32"}  # parity with PyTorch needs no bf16 shortcuts
 
