@@ -58,11 +58,14 @@ def save_checkpoint(path: str | os.PathLike, model: BABODetector, config: ModelC
 
 
 def release_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, note: dict | None = None,
-                       half: bool = False) -> Path:
+                       half: bool = False, overwrite: bool = False) -> Path:
     """A copy for shipping: same weights, config and metadata (plus `note`), without the
     optimizer state that only --resume needs (it triples the size with Adam). `half` stores
     float32 weights as float16 (half the file; loading casts them back to float32), for the
-    zoo's size budget: evaluate the released file, not its source."""
+    zoo's size budget: evaluate the released file, not its source. An existing `dst` is
+    replaced only with `overwrite` (it may be the checkpoint a user ships)."""
+    if Path(dst).exists() and not overwrite:
+        raise CheckpointError(f"{dst} exists; pass overwrite (--force) to replace it")
     data = _read(Path(src))
     data["training_state"] = None
     if half:

@@ -142,6 +142,18 @@ def test_release_drops_the_optimizer_state_only(saved, tmp_path):
     load_model(out)
 
 
+def test_release_never_replaces_an_existing_file_unless_asked(saved, tmp_path):
+    _, path = saved
+    from babo_edge.models.checkpoint import CheckpointError, release_checkpoint
+    out = tmp_path / "shipped.pt"
+    out.write_bytes(b"the user's own model")
+    with pytest.raises(CheckpointError, match="exists"):
+        release_checkpoint(path, out)
+    assert out.read_bytes() == b"the user's own model"
+    release_checkpoint(path, out, overwrite=True)
+    load_model(out)
+
+
 def test_half_release_stores_float16_and_loads_as_float32(saved, tmp_path):
     _, path = saved
     from babo_edge.models.checkpoint import release_checkpoint

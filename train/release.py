@@ -18,11 +18,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("src")
     parser.add_argument("dst")
     parser.add_argument("--half", action="store_true", help="store the weights as float16 (half the size)")
+    parser.add_argument("--force", action="store_true", help="replace DST if it exists")
     args = parser.parse_args(argv)
     from babo_edge.models.checkpoint import release_checkpoint  # torch: after --help
 
     out = release_checkpoint(args.src, args.dst, note={"released_from": Path(args.src).name},
-                             half=args.half)
+                             half=args.half, overwrite=args.force)
     print(f"{out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0
 
