@@ -104,6 +104,23 @@ def test_blacked_out_anchors_leave_the_loss_and_dead_positives_are_counted():
     assert stock.cls.item() != pytest.approx(loss.cls.item())
 
 
+def test_e2e_trains_dead_positives_so_a_closed_mask_costs_loss():
+    """Same scene as above, the mask learned: the blacked-out GT anchor 4 is a positive again
+    (class and box), negatives are still mined on live anchors only (2 and 5)."""
+    anchors = torch.tensor([[10.0 * i, 0, 10.0 * i + 10, 10] for i in range(6)])
+    gt_boxes, gt_labels = [torch.tensor([[0.0, 0, 10, 10], [40.0, 0, 50, 10]])], [torch.tensor([0, 1])]
+    coder = BoxCoder((0.1, 0.1, 0.2, 0.2))
+    logits = torch.tensor([[[2.0, 0, 0], [0, 0, 3], [1, 0, 0], [0, 2, 0], [0, 1, 0], [0, 0, 1]]])
+    deltas = torch.full((1, 6, 4), 0.5)
+    alive = torch.tensor([[True, False, True, False, False, True]])
+    loss = multibox_loss(logits, deltas, anchors, gt_boxes, gt_labels, coder, alive=alive, train_dead_positives=True)
+    ce = -F.log_softmax(logits[0], dim=1)
+    one_box = F.smooth_l1_loss(deltas[0, 0], torch.zeros(4), beta=1.0, reduction="sum")
+    assert loss.positives == 2 and loss.dead_positives == 1
+    assert loss.cls.item() == pytest.approx(((ce[0, 0] + ce[4, 1] + ce[2, 2] + ce[5, 2]) / 2).item(), rel=1e-6)
+    assert loss.box.item() == pytest.approx(one_box.item(), rel=1e-6)  # (2 boxes) / 2 positives
+
+
 def test_gradients_never_reach_blacked_out_anchors():
     anchors = torch.tensor([[10.0 * i, 0, 10.0 * i + 10, 10] for i in range(4)])
     logits = torch.randn(1, 4, 3, requires_grad=True)

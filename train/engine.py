@@ -285,7 +285,8 @@ def compute_losses(config: TrainConfig, model: BABODetector, forward, batch: Bat
         losses["prior"] = config.prior_weight * sparse_object_prior_loss(
             detections[:, 2], detections[:, 0], images.shape[0])
     det = multibox_loss(out.cls_logits, out.box_deltas, out.anchors, batch.boxes, batch.labels,
-                        model.detector.coder, alive=out.alive if config.mask_aware_loss else None)
+                        model.detector.coder, alive=out.alive if config.mask_aware_loss else None,
+                        train_dead_positives=config.mode == "e2e")
     losses["cls"], losses["box"] = det.cls, det.box
     if stats is not None and out.alive is not None:
         stats["positives"] = det.positives

@@ -35,7 +35,8 @@ class DetectionLoss:
 
 def multibox_loss(cls_logits: torch.Tensor, box_deltas: torch.Tensor, anchors: torch.Tensor,
                   gt_boxes: list[torch.Tensor], gt_labels: list[torch.Tensor], coder: BoxCoder,
-                  neg_pos_ratio: int = 3, alive: torch.Tensor | None = None) -> DetectionLoss:
+                  neg_pos_ratio: int = 3, alive: torch.Tensor | None = None,
+                  train_dead_positives: bool = False) -> DetectionLoss:
     """SSD loss: softmax CE over positives plus the `neg_pos_ratio` x hardest negatives per image,
     smooth-L1 (beta 1) on encoded boxes of positives; both divided by the number of positives in
     the batch. Background is the last class column.
@@ -43,7 +44,11 @@ def multibox_loss(cls_logits: torch.Tensor, box_deltas: torch.Tensor, anchors: t
     `alive` (N, A) bool, the anchors on foreground cells of the mask (`BABOOutput.alive`): the
     others output only their head's bias and are background by construction, so they are left
     out of classification, hard-negative mining and box regression. Otherwise they would be
-    most of the hard negatives, and their gradient would move the biases every anchor shares."""
+    most of the hard negatives, and their gradient would move the biases every anchor shares.
+    Positives on blacked-out cells (objects the mask missed) are counted in `dead_positives` and
+    left out too, unless `train_dead_positives`: when the mask is learned (e2e) their loss is the
+    only signal, through the straight-through mask, that reopens the mask on a missed object;
+    without it, closing the mask only ever lowers the detection loss."""
     n, a, c1 = cls_logits.shape
     background = c1 - 1
     targets = torch.full((n, a), background, dtype=torch.long, device=cls_logits.device)
@@ -58,14 +63,15 @@ def multibox_loss(cls_logits: torch.Tensor, box_deltas: torch.Tensor, anchors: t
     dead_positives = 0
     if alive is not None:
         dead_positives = int((positive & ~alive).sum())
-        positive = positive & alive
+        if not train_dead_positives:
+            positive = positive & alive
     num_pos = int(positive.sum())
     hard_negatives = torch.zeros_like(positive)
     neg_ce = ce.detach().masked_fill(positive, -1.0)
     candidates = torch.full((n,), a, dtype=torch.long)
     if alive is not None:
         neg_ce = neg_ce.masked_fill(~alive, -1.0)
-        candidates = alive.sum(dim=1).cpu()
+        candidates = (alive | positive).sum(dim=1).cpu()
     for i in range(n):
         k = min(neg_pos_ratio * int(positive[i].sum()), int(candidates[i]) - int(positive[i].sum()))
         if k > 0:
