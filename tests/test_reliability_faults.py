@@ -28,10 +28,12 @@ class MjpegServer:
     """An HTTP MJPEG stream on loopback (what IP cameras serve), read by OpenCV's FFmpeg. Each
     connection takes the next entry of `plan`: a number of frames sent before the connection is
     dropped, "down" (503: the server is restarting, the open fails), or None (frames until the
-    client goes). Once the plan is used up, every connection is "down"."""
+    client goes). Once the plan is used up, every connection is "down", or, with `close_when_done`,
+    the server closes its socket after the last planned connection: connections are then refused."""
 
-    def __init__(self, frames, plan, interval_s=0.01):
+    def __init__(self, frames, plan, interval_s=0.01, close_when_done=False):
         self.frames, self.plan, self.interval_s = frames, list(plan), interval_s
+        self.close_when_done = close_when_done
         self.connections = self.sent = 0
         server = self
 
@@ -59,6 +61,8 @@ class MjpegServer:
                         time.sleep(server.interval_s)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client went away
+                if server.close_when_done and not server.plan:
+                    threading.Thread(target=server.stop, daemon=True).start()
 
         self._http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._http.daemon_threads = True
@@ -90,6 +94,23 @@ def test_a_stream_that_drops_and_comes_back_is_reopened_then_given_up(ov_model, 
     assert len(read_video(tmp_path / "stream.mp4")) == session.frames == session.report["images"]
     errors = capsys.readouterr().err
     assert errors.count("reopening") == 2 + sources.RETRIES and "still no frame after 3 attempts" in errors
+    assert leftovers(tmp_path) == []
+
+
+def test_a_stream_whose_server_goes_away_is_given_up_after_refused_reconnects(ov_model, small_frames, tmp_path,
+                                                                              capsys):
+    server = MjpegServer(small_frames, plan=[12], close_when_done=True)  # 12 frames, then nothing listens
+    try:
+        source = sources.open_source(server.url)
+        pipeline = camera.Pipeline(ov_model, source, backoff_s=0.05)
+        session = camera.run(pipeline, output=tmp_path / "stream.mp4")
+    finally:
+        server.stop()
+    assert session.ended == "source lost" and server.sent == 12 and server.connections == 1
+    assert session.frames + session.dropped == 12 and session.frames >= 2
+    assert len(read_video(tmp_path / "stream.mp4")) == session.frames == session.report["images"]
+    errors = capsys.readouterr().err
+    assert errors.count("reopening") == sources.RETRIES and "still no frame after 3 attempts" in errors
     assert leftovers(tmp_path) == []
 
 
