@@ -44,6 +44,7 @@ from babo_edge.models.builders import ModelConfig
 from babo_edge.models.checkpoint import Checkpoint
 from babo_edge.models.detector import BABODetector
 from babo_edge.artifacts import ir_path
+from babo_edge.runtime.detector import binary_safe_properties
 from babo_edge.runtime.sparsity import conv_layers, instrument, layer_counts
 
 REPORT_FILE = "export_report.json"
@@ -228,7 +229,7 @@ def _export(model, checkpoint, checkpoint_path, work: Path, calibration, validat
             set_model_info(int8.model, {"quantization": int8.summary})
             irs["int8"] = save_ir(int8.model, ir_path(work, "int8"), "int8")
         models["int8"] = int8.model
-        runners["int8"] = decoded(openvino_runner(ov.Core().compile_model(int8.model, "CPU")))
+        runners["int8"] = decoded(openvino_runner(compile_cpu(int8.model)))
         parities["int8"] = compare(runners["fp32"], runners["int8"], parity_images)
 
     for name, parity in parities.items():
@@ -287,7 +288,7 @@ def _accuracy(models: dict[str, tuple[ov.Model, Runner]], validation: CocoDetect
     some INT8 ops and changes rounding."""
     runners, counters = {}, {}
     for name, (ov_model, deployed) in models.items():
-        compile_model = compile_fp32 if name == "fp32" else partial(ov.Core().compile_model, device_name="CPU")
+        compile_model = compile_fp32 if name == "fp32" else compile_cpu
         counted = openvino_runner(compile_model(instrument(ov_model)))
         runners[name] = lambda images, deployed=deployed, counted=counted: {**counted(images), **deployed(images)}
         counters[name] = lambda outputs, layers=conv_layers(ov_model): layer_counts(outputs, layers)[0]
@@ -299,6 +300,11 @@ def _accuracy(models: dict[str, tuple[ov.Model, Runner]], validation: CocoDetect
         section["mask_iou"] = results["int8"].mask_iou
     section["reports"] = {name: result.report for name, result in results.items()}
     return section
+
+
+def compile_cpu(model: ov.Model) -> ov.CompiledModel:
+    """`model` as the runtime's Detector compiles it on CPU (the plugin's default precision)."""
+    return ov.Core().compile_model(model, "CPU", binary_safe_properties(model, "CPU", {}))
 
 
 def write_ovms_repository(root: Path, name: str, xml: Path) -> dict:

@@ -181,6 +181,18 @@ def compile_config(hint: str, cache_dir: str | os.PathLike | None, extra: Mappin
     return {**config, **(extra or {})}
 
 
+def binary_safe_properties(model: ov.Model, device: str, properties: Mapping[str, Any]) -> dict:
+    """`properties`, plus an f32 inference precision for an IR with BinaryConvolution on CPU when the
+    caller chose none: where the CPU plugin runs the real-valued part in bf16 (AVX-512 bf16, AMX), it
+    cannot reorder that into a binary conv's u1 input and the INT8 IR of a binarized model fails to
+    compile ("unsupported reorder case")."""
+    properties = dict(properties)
+    binary = any(op.get_type_name() == "BinaryConvolution" for op in model.get_ops())
+    if binary and device.upper().startswith("CPU") and "INFERENCE_PRECISION_HINT" not in properties:
+        properties["INFERENCE_PRECISION_HINT"] = "f32"
+    return properties
+
+
 def openvino_message(error: Exception) -> str:
     """The meaningful line of an OpenVINO error (they start with 'Exception from <file>:<line>:' lines)."""
     lines = [line.strip() for line in str(error).splitlines()]
@@ -237,7 +249,7 @@ class Detector:
         check_graph(self.model, self.info, source)
         self.device = resolve_device(device, core)
         check_static_for_npu(self.model, self.device)
-        properties = compile_config(hint, cache_dir, config)
+        properties = binary_safe_properties(self.model, self.device, compile_config(hint, cache_dir, config))
         self._sparse = self._sparse_runner(execution, core, properties, source)
         self.execution = "dense" if self._sparse is None else execution
         try:

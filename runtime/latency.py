@@ -35,8 +35,8 @@ from tqdm import tqdm
 from babo_edge.errors import BaboError
 from babo_edge.models.accounting import figures
 from babo_edge.artifacts import EXPORT_SUFFIX, IR_FILE, PRECISIONS, ZOO, default_export_dir, ir_path
-from babo_edge.runtime.detector import (Detector, compile_config, openvino_message, parse_model_info, preprocess, read_ir,
-                                        read_model_info)
+from babo_edge.runtime.detector import (Detector, binary_safe_properties, compile_config, openvino_message, parse_model_info,
+                                        preprocess, read_ir, read_model_info)
 from babo_edge.runtime.sparse import ROI_STRIDE, SparsePlan
 from babo_edge.runtime.sparsity import SparsityCounter, instrument, measure_overhead
 from babo_edge.runtime.timing import WARMUP_RUNS, interleaved_medians, latency_stats, measure_throughput, timed_calls, warm_up
@@ -142,11 +142,11 @@ def count_sparsity(model: ov.Model, inputs: Sequence[np.ndarray], device: str, o
     config = {"PERFORMANCE_HINT": "LATENCY"}
     counted_on, overhead = device, None
     try:
-        compiled = core.compile_model(instrument(model), device, config)
+        compiled = core.compile_model(instrument(model), device, binary_safe_properties(model, device, config))
     except RuntimeError as e:
         print(f"note: the zero counters do not compile on {device} ({openvino_message(e)}); counting on CPU",
               file=sys.stderr)
-        counted_on, compiled = "CPU", core.compile_model(instrument(model), "CPU", config)
+        counted_on, compiled = "CPU", core.compile_model(instrument(model), "CPU", binary_safe_properties(model, "CPU", config))
     counter = SparsityCounter.from_model(model)
     for item in inputs:
         counter.add(compiled(item))
@@ -191,7 +191,8 @@ def benchmark_ir(target: Target, frames: Sequence[np.ndarray], settings: Setting
            "latency_ms": latency_stats(latencies), "latency_runs": len(latencies)}
     del detector  # one compiled model at a time: nothing else holds the device while timing
     phase("throughput")
-    compiled = core.compile_model(model, row["device"], compile_config("THROUGHPUT", None, None))
+    compiled = core.compile_model(model, row["device"],
+                                  binary_safe_properties(model, row["device"], compile_config("THROUGHPUT", None, None)))
     throughput = measure_throughput(compiled, inputs, settings.duration)
     del compiled
     row |= {"throughput_fps": throughput["fps"], "infer_requests": throughput["infer_requests"],

@@ -164,3 +164,28 @@ def test_parameter_bits_count_binary_weights_at_one_bit():
     model = nn.Sequential(BinaryConv2d(4, 8, 3, bias=False), nn.BatchNorm2d(8))
     # 8*4*3*3 = 288 weights at 1 bit + 8 alphas at 32 bits; BN: 16 parameters at 32 bits
     assert parameter_bits(model) == 288 + 8 * 32 + 16 * 32
+
+
+def test_the_int8_ir_of_a_binarized_model_compiles_on_cpu_with_its_binary_convolutions(tmp_path):
+    """On bf16 CPUs (AVX-512 bf16, AMX) the plugin's default precision cannot feed a BinaryConvolution
+    in INT8; the runtime's properties keep the real-valued part in f32 there."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    from babo_edge.export.onnx_export import export_onnx
+    from babo_edge.export.openvino_ir import convert
+    from babo_edge.export.pipeline import compile_cpu
+    from babo_edge.export.quantize import quantize_int8
+    from babo_edge.runtime.detector import binary_safe_properties
+
+    torch.manual_seed(0)
+    model = build_model(mnv2_config(binarize="bireal")).eval()
+    ir = convert(export_onnx(model, (64, 64), tmp_path / "m.onnx"))
+    rng = np.random.default_rng(0)
+    int8 = quantize_int8(ir, [rng.random((1, 3, 64, 64), dtype=np.float32) * 255 for _ in range(4)], "performance", 4).model
+    assert binary_safe_properties(int8, "CPU", {}) == {"INFERENCE_PRECISION_HINT": "f32"}
+    assert binary_safe_properties(int8, "CPU", {"INFERENCE_PRECISION_HINT": "bf16"})["INFERENCE_PRECISION_HINT"] == "bf16"
+    assert binary_safe_properties(ir, "GPU", {}) == {}
+    compiled = compile_cpu(int8)
+    types = Counter(op.get_rt_info()["layerType"].astype(str) for op in compiled.get_runtime_model().get_ops())
+    assert types["BinaryConvolution"] == 17
+    assert np.isfinite(compiled(rng.random((1, 3, 64, 64), dtype=np.float32) * 255)[0]).all()
