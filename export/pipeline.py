@@ -44,7 +44,7 @@ from babo_edge.models.builders import ModelConfig
 from babo_edge.models.checkpoint import Checkpoint
 from babo_edge.models.detector import BABODetector
 from babo_edge.artifacts import ir_path
-from babo_edge.runtime.detector import binary_safe_properties
+from babo_edge.runtime.detector import binary_safe_properties, openvino_message
 from babo_edge.runtime.sparsity import conv_layers, instrument, layer_counts
 
 REPORT_FILE = "export_report.json"
@@ -303,8 +303,12 @@ def _accuracy(models: dict[str, tuple[ov.Model, Runner]], validation: CocoDetect
 
 
 def compile_cpu(model: ov.Model) -> ov.CompiledModel:
-    """`model` as the runtime's Detector compiles it on CPU (the plugin's default precision)."""
-    return ov.Core().compile_model(model, "CPU", binary_safe_properties(model, "CPU", {}))
+    """`model` as the runtime's Detector compiles it on CPU (the plugin's default precision); an
+    IR this machine's plugin cannot compile is a one-line ExportError."""
+    try:
+        return ov.Core().compile_model(model, "CPU", binary_safe_properties(model, "CPU", {}))
+    except RuntimeError as e:
+        raise ExportError(f"OpenVINO cannot compile the exported model on this CPU: {openvino_message(e)}") from None
 
 
 def write_ovms_repository(root: Path, name: str, xml: Path) -> dict:
