@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -193,6 +194,16 @@ def binary_safe_properties(model: ov.Model, device: str, properties: Mapping[str
     return properties
 
 
+def _weak_callback(detector: "Detector") -> Callable[[ov.InferRequest, Any], None]:
+    reference = weakref.ref(detector)
+
+    def on_done(request: ov.InferRequest, userdata: Any) -> None:
+        owner = reference()
+        if owner is not None:
+            owner._on_done(request, userdata)
+    return on_done
+
+
 def openvino_message(error: Exception) -> str:
     """The meaningful line of an OpenVINO error (they start with 'Exception from <file>:<line>:' lines)."""
     lines = [line.strip() for line in str(error).splitlines()]
@@ -261,7 +272,9 @@ class Detector:
         self._request = self.compiled.create_infer_request()
         self._queue = ov.AsyncInferQueue(self.compiled, num_requests or
                                          self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        self._queue.set_callback(self._on_done)
+        # The queue (C++) holds its callback where Python's GC cannot see it: a bound method would keep
+        # this Detector, its compiled model and its threads alive after the last user reference.
+        self._queue.set_callback(_weak_callback(self))
         self._callback = callback
         self._lock = threading.Lock()
         self._sync_lock = threading.Lock()  # the one synchronous request and the sparse runner

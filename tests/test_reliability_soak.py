@@ -24,3 +24,24 @@ def test_the_looped_source_gives_exactly_the_frames_asked_for(frames):
     got = [source.read() for _ in range(8)]
     assert [id(frame) for frame in got[:7]] == [id(frames[i % 3]) for i in range(7)] and got[7] is None
     assert source.name == "three looped to 7 frames" and not source.live and not source.reopen()
+
+
+@pytest.mark.parametrize("execution", ["dense", "auto"])
+def test_a_dropped_detector_is_freed_with_its_compiled_model_and_threads(ov_model, frames, execution):
+    """An app that re-creates its Detector (a new model, a reconnect) must not keep the old ones:
+    the async queue's callback once held each Detector for the life of the process."""
+    import gc
+    import weakref
+
+    from babo_edge.runtime.detector import Detector
+
+    detector = Detector(ov_model, execution=execution)
+    detector(frames[0])
+    for index, frame in enumerate(frames[:3]):
+        detector.infer_async(frame, index)
+    detector.wait_all()
+    assert [index for index, _ in detector.results()] == [0, 1, 2]
+    dropped = weakref.ref(detector)
+    del detector
+    gc.collect()
+    assert dropped() is None
