@@ -33,7 +33,8 @@ import openvino as ov
 from babo_edge.calibration.coco import CocoDetection
 from babo_edge.ir_metadata import DETECTIONS
 from babo_edge.export.options import ExportError, ExportOptions
-from babo_edge.export.accuracy import SplitAccuracy, ap_of, evaluate_runners
+from babo_edge.export.accuracy import ap_of, outputs_runner
+from babo_edge.train.evaluation import evaluate_runners
 from babo_edge.export.onnx_export import export_onnx
 from babo_edge.export.openvino_ir import (compile_fp32, convert, model_info, save_ir,
                                 set_model_info, tool_versions)
@@ -49,7 +50,7 @@ from babo_edge.runtime.sparsity import conv_layers, instrument, layer_counts
 
 REPORT_FILE = "export_report.json"
 REPORT_SCHEMA = "babo-edge/export-report"
-REPORT_VERSION = 1
+REPORT_VERSION = 2  # 2: accuracy rows are train.evaluation.EvaluationReport
 TOLERANCES = {"onnx": FP32_TOLERANCE, "fp32": FP32_TOLERANCE, "fp16": BINARY_MASK_ONLY, "int8": BINARY_MASK_ONLY}
 def ovms_name(checkpoint_path: str | os.PathLike) -> str:
     """Model name for OVMS (its REST/gRPC URLs): the checkpoint stem, URL-safe."""
@@ -286,19 +287,20 @@ def _accuracy(models: dict[str, tuple[ov.Model, Runner]], validation: CocoDetect
     Detections and masks come from the deployed runner; the zero counts from an instrumented
     copy run on the same input, because watching conv inputs keeps the CPU plugin from fusing
     some INT8 ops and changes rounding."""
-    runners, counters = {}, {}
+    runners = {}
     for name, (ov_model, deployed) in models.items():
         compile_model = compile_fp32 if name == "fp32" else compile_cpu
         counted = openvino_runner(compile_model(instrument(ov_model)))
-        runners[name] = lambda images, deployed=deployed, counted=counted: {**counted(images), **deployed(images)}
-        counters[name] = lambda outputs, layers=conv_layers(ov_model): layer_counts(outputs, layers)[0]
-    results: dict[str, SplitAccuracy] = evaluate_runners(runners, validation, input_hw, indices, counters)
+        layers = conv_layers(ov_model)
+        runners[name] = outputs_runner(lambda images, deployed=deployed, counted=counted: {**counted(images),
+                                                                                           **deployed(images)},
+                                       input_hw, lambda outputs, layers=layers: layer_counts(outputs, layers)[0])
+    results = evaluate_runners(runners, validation, input_hw, indices=indices)
     section = {"ann_file": str(validation.ann_file), "images": len(indices),
-               **{name: result.as_dict() for name, result in results.items()}}
+               **{name: asdict(result) for name, result in results.items()}}
     if "int8" in results:
         section["ap_drop"] = results["fp32"].metrics["AP"] - results["int8"].metrics["AP"]
         section["mask_iou"] = results["int8"].mask_iou
-    section["reports"] = {name: result.report for name, result in results.items()}
     return section
 
 
@@ -361,14 +363,14 @@ def format_summary(report: dict) -> str:
         for name in ("fp32", "int8"):
             if name not in accuracy:
                 continue
-            result, sparsity = accuracy[name], accuracy[name]["sparsity"]
+            result = accuracy[name]
             recall = result["instance_recall"]
             lines.append(
                 f"{name.upper() + ' IR':<8} {result['metrics']['AP']:>5.1f} {result['metrics']['AP50']:>5.1f} "
                 f"{_percent(result['fg_ratio']):>5} {_percent(recall and recall['overall']):>7} "
                 f"{'-' if result['mask_iou'] is None else format(result['mask_iou'], '.4f'):>8} "
-                f"{100 * sparsity['zero_ratio']:>6.2f} {100 * sparsity['od_zero_ratio']:>9.2f} "
-                f"{sparsity['gmac']:>6.3f} {sparsity['gmac_star']:>6.3f}")
+                f"{100 * result['zero_ratio']:>6.2f} {100 * result['od_zero_ratio']:>9.2f} "
+                f"{result['gmac']:>6.3f} {result['gmac_star']:>6.3f}")
         if "ap_drop" in accuracy:
             iou = accuracy["mask_iou"]
             lines.append(f"INT8 vs FP32: AP drop {accuracy['ap_drop']:.2f} (target <= {AP_DROP_TARGET}), "

@@ -75,9 +75,9 @@ def test_ground_truth_through_the_model_input_size_scores_100(coco):
     """GT boxes at the model input size, as (K, 7) detections with labels: scaled back to
     each image's size and mapped to the sparse category ids, they are perfect."""
     batch = collate([DetectionData(coco, (96, 96), train=False)[i] for i in range(len(coco))])
-    rows = [torch.cat([torch.full((len(b), 1), float(i)), labels[:, None].float(), torch.ones(len(b), 1), b], 1)
-            for i, (b, labels) in enumerate(zip(batch.boxes, batch.labels))]
-    results = coco_detections(torch.cat(rows), batch.image_ids, batch.original_hw, (96, 96), coco.category_ids)
+    results = [result for b, labels, image_id, hw in zip(batch.boxes, batch.labels, batch.image_ids, batch.original_hw)
+               for result in coco_detections(torch.cat([labels[:, None].float(), torch.ones(len(b), 1), b], 1).numpy(),
+                                             image_id, hw, (96, 96), coco.category_ids)]
     assert sorted(r["category_id"] for r in results) == [3, 7, 7, 7]
     metrics = coco_metrics(coco, results)
     assert metrics["AP"] == pytest.approx(100) and metrics["AP50"] == pytest.approx(100)
@@ -163,7 +163,7 @@ def test_evaluate_returns_every_figure_in_range(model, dataset):
     result = evaluate(model, dataset, input_size=(96, 96), batch_size=2, progress=False)
     assert set(result.metrics) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
     assert all(0 <= v <= 100 for v in result.metrics.values())
-    assert result.mask_source == "omg" and result.images == 3 and result.report["images"] == 3
+    assert result.mask_source == "omg" and result.images == 3 and result.mac_report["images"] == 3
     dense = mac_report(model, torch.zeros(1, 3, 96, 96))
     assert result.gmac == pytest.approx(dense["totals"]["mac"] / 1e9)
     assert result.networks["omg"]["gmac"] == pytest.approx(dense["networks"]["omg"]["totals"]["mac"] / 1e9)
@@ -197,7 +197,7 @@ def test_limit_evaluates_the_first_images_in_eval_mode(model, dataset):
         model.eval()
         hook.remove()
     assert modes == [False]  # one forward pass, in eval mode
-    assert result.images == 1 and result.report["images"] == 1
+    assert result.images == 1 and result.mac_report["images"] == 1
     lines = format_table([("first", result), ("second", result)]).splitlines()
     assert lines[0].split()[:3] == ["model", "AP", "AP50"] and len(lines) == 4
     assert lines[3].split()[0] == "second" and lines[3].split()[-1] == f"{result.gmac_star:.3f}"
@@ -227,7 +227,8 @@ def test_cli_two_checkpoints_table_and_json(checkpoints, dataset, tmp_path, caps
     rows = json.loads(out_json.read_text())["rows"]
     assert [r["checkpoint"] for r in rows] == [str(p) for p in checkpoints]
     assert [r["mask_source"] for r in rows] == ["omg", "none"]
-    assert rows[1]["report"]["schema"] == "babo-edge/mac-report" and set(rows[1]["networks"]) == {"od"}
+    assert rows[1]["mac_report"]["schema"] == "babo-edge/mac-report" and set(rows[1]["networks"]) == {"od"}
+    assert {r["schema"] for r in rows} == {"babo-edge/evaluation"}
     assert [p.name for p in out_json.parent.iterdir()] == ["eval.json"]  # no temporary file left
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from babo_edge.calibration.coco import CocoDetection, box_mask_of, instance_mask
+from babo_edge.calibration.coco import CocoDetection, Sample, box_mask_of, instance_mask
 from babo_edge.train.augment import Example, resize, ssd_augment
 from babo_edge.models.builders import IMAGENET_MEAN
 
@@ -49,24 +49,31 @@ class DetectionData(torch.utils.data.Dataset):
         return len(self.coco)
 
     def __getitem__(self, index: int) -> dict:
-        sample = self.coco[index]
-        keep = ~sample.iscrowd
-        ex = Example(sample.image, sample.boxes[keep], sample.labels[keep], instance_mask(sample))
-        if self.train:
-            rng = np.random.default_rng((self.seed, self.epoch, index))
-            ex = ssd_augment(ex, rng, self.input_hw, self.mean)
-        else:
-            ex = resize(ex, self.input_hw)
-        return {
-            "image": torch.from_numpy(np.ascontiguousarray(ex.image.transpose(2, 0, 1))).float(),
-            "boxes": torch.from_numpy(ex.boxes).float().reshape(-1, 4),
-            "labels": torch.from_numpy(ex.labels).long(),
-            "instance_mask": torch.from_numpy(ex.mask).float()[None],
-            "box_mask": torch.from_numpy(box_mask_of(ex.boxes, self.input_hw)).float()[None],
-            "index": index,
-            "image_id": sample.image_id,
-            "original_hw": sample.image.shape[:2],
-        }
+        rng = np.random.default_rng((self.seed, self.epoch, index)) if self.train else None
+        return to_item(self.coco[index], index, self.input_hw, rng, self.mean)
+
+
+def to_item(sample: Sample, index: int, input_hw: tuple[int, int], rng: np.random.Generator | None = None,
+            mean: tuple[float, float, float] = IMAGENET_MEAN) -> dict:
+    """One sample as tensors at the input size: SSD-augmented with `rng`, plainly resized without."""
+    keep = ~sample.iscrowd
+    ex = Example(sample.image, sample.boxes[keep], sample.labels[keep], instance_mask(sample))
+    ex = resize(ex, input_hw) if rng is None else ssd_augment(ex, rng, input_hw, mean)
+    return {
+        "image": torch.from_numpy(np.ascontiguousarray(ex.image.transpose(2, 0, 1))).float(),
+        "boxes": torch.from_numpy(ex.boxes).float().reshape(-1, 4),
+        "labels": torch.from_numpy(ex.labels).long(),
+        "instance_mask": torch.from_numpy(ex.mask).float()[None],
+        "box_mask": torch.from_numpy(box_mask_of(ex.boxes, input_hw)).float()[None],
+        "index": index,
+        "image_id": sample.image_id,
+        "original_hw": sample.image.shape[:2],
+    }
+
+
+def eval_batch(samples: list[Sample], input_hw: tuple[int, int]) -> Batch:
+    """Samples already read, as one evaluation batch (plain resize); indices are their positions."""
+    return collate([to_item(sample, i, input_hw) for i, sample in enumerate(samples)])
 
 
 def collate(items: list[dict]) -> Batch:
