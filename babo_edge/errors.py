@@ -4,13 +4,16 @@ Every error a user can cause and fix (a bad checkpoint, dataset, IR, device, sou
 is a `BaboError` whose message is one line saying what is wrong; each layer's class keeps its
 name and its standard base (e.g. `CheckpointError` is also a ValueError). `run_cli` turns
 them into `error: <message>` on stderr and exit status 2, and Ctrl-C into status 130 with a
-one-line note, so no CLI prints a traceback for them. Standard library only: CLIs import it
+one-line note, so no CLI prints a traceback for them; a `BaboWarning` (something the user
+should know, e.g. fewer calibration images than asked for) prints as `warning: <message>`.
+Standard library only: CLIs import it
 before parsing their arguments.
 """
 from __future__ import annotations
 
 import functools
 import sys
+import warnings
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -22,6 +25,10 @@ INTERRUPTED = 130
 
 class BaboError(Exception):
     """An error the user can act on; its message is one line."""
+
+
+class BaboWarning(UserWarning):
+    """Something the user should know about a result that is still produced; one line."""
 
 
 def run_cli(main: F | None = None, *, also: tuple[type[BaseException], ...] = (),
@@ -36,7 +43,9 @@ def run_cli(main: F | None = None, *, also: tuple[type[BaseException], ...] = ()
         @functools.wraps(function)
         def wrapper(*args, **kwargs):
             try:
-                return function(*args, **kwargs)
+                with warnings.catch_warnings():
+                    warnings.showwarning = _one_line_warning(warnings.showwarning)
+                    return function(*args, **kwargs)
             except caught as e:
                 print(f"error: {e}", file=sys.stderr)
                 return USAGE_ERROR
@@ -46,4 +55,14 @@ def run_cli(main: F | None = None, *, also: tuple[type[BaseException], ...] = ()
         return wrapper  # type: ignore[return-value]
 
     return wrap(main) if main is not None else wrap
+
+
+def _one_line_warning(show: Callable) -> Callable:
+    """`warnings.showwarning` printing a BaboWarning as `warning: <message>`, others as before."""
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, BaboWarning):
+            print(f"warning: {message}", file=file or sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+    return showwarning
 

@@ -13,11 +13,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import warnings
 from pathlib import Path
 
 from babo_edge.errors import run_cli
-from babo_edge.export.options import PRESETS, ExportError, ExportOptions, export_config
+from babo_edge.export.options import PRESETS, ExportError
 from babo_edge.models.cli import choice_list, positive_int
 from babo_edge.artifacts import PRECISIONS, default_export_dir
 
@@ -58,57 +57,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def open_validation(args: argparse.Namespace, class_names: list[str], model):
-    """The val split to measure AP on (a CocoDetection), or None (with a warning) when the
-    default one does not fit the model; an explicit --val that does not fit is an error."""
-    from babo_edge.calibration.coco import CocoDetection
-    from babo_edge.calibration.synthetic import ensure_default_dataset, split_files
-    from babo_edge.train.evaluation import check_classes
-
-    if args.no_val:
-        if args.max_ap_drop is not None:
-            raise ExportError("--max-ap-drop needs a validation split; drop --no-val")
-        return None
-    validation = CocoDetection(*split_files(args.val or ensure_default_dataset(), "val"))
-    try:
-        check_classes(model, validation, class_names)
-    except ValueError as e:
-        if args.val is not None or args.max_ap_drop is not None:
-            raise ExportError(f"{e}; pass --val with this model's dataset") from None
-        print(f"warning: accuracy not measured: {e}; pass --val with this model's dataset", file=sys.stderr)
-        return None
-    return validation
-
-
 @run_cli
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.no_val and args.max_ap_drop is not None:
+        raise ExportError("--max-ap-drop needs a validation split; drop --no-val")
     # The stages' heavy imports (torch, openvino, nncf) only now: --help and argument errors stay fast.
     import nncf
 
-    from babo_edge.export.pipeline import REPORT_FILE, export_all, format_summary, prepare_output
-    from babo_edge.export.quantize import CalibrationImages
-    from babo_edge.models.checkpoint import load_model
+    from babo_edge.export.pipeline import REPORT_FILE, format_summary
+    from babo_edge.model import BaboModel
 
     nncf.set_log_level(logging.WARNING)
-    model, checkpoint = load_model(args.checkpoint)
-    config = export_config(checkpoint.config, args.input_size)
-    calibration = CalibrationImages(config.input_size, args.subset_size, args.calib)
-    validation = open_validation(args, checkpoint.class_names, model)
     output = args.output or default_export_dir(args.checkpoint)
-    work = prepare_output(output)
-    if calibration.available < args.subset_size:
-        print(f"warning: {calibration.available} calibration images found, {args.subset_size} asked for; "
-              f"calibrating on {calibration.available}", file=sys.stderr)
-    options = ExportOptions(precisions=args.precision, dynamic_batch=args.dynamic_batch,
-                            raw_outputs=args.raw_outputs, preset=args.preset, subset_size=args.subset_size,
-                            max_ap_drop=args.max_ap_drop, parity_images=args.parity_images,
-                            val_images=args.val_images)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # exporter notes on traced shape arithmetic
-            report = export_all(model, checkpoint, args.checkpoint, output, calibration, validation, config,
-                                options, work=work)
+        report = BaboModel.load(args.checkpoint).export(
+            output, precisions=args.precision, input_size=args.input_size, calib=args.calib,
+            subset_size=args.subset_size, val=args.val, val_images=args.val_images, validate=not args.no_val,
+            max_ap_drop=args.max_ap_drop, preset=args.preset, dynamic_batch=args.dynamic_batch,
+            raw_outputs=args.raw_outputs, parity_images=args.parity_images)
     except KeyboardInterrupt:
         print(f"\ninterrupted: nothing written to {output}", file=sys.stderr)
         return 130

@@ -65,3 +65,16 @@ def test_the_cli_keeps_its_own_exit_codes_and_other_errors_propagate(capsys):
 def test_every_cli_runs_through_the_wrapper(module):
     main = importlib.import_module(module).main
     assert main.__wrapped__.__module__ == module
+
+
+def test_a_babo_warning_prints_as_one_line_and_the_result_is_kept(capsys):
+    import warnings
+
+    from babo_edge.errors import BaboWarning
+
+    @run_cli
+    def main(argv=None):
+        warnings.warn("2 calibration images found, 300 asked for", BaboWarning, stacklevel=2)
+        return 0
+    assert main() == 0
+    assert capsys.readouterr().err == "warning: 2 calibration images found, 300 asked for\n"

@@ -260,3 +260,17 @@ def test_cli_runs_as_a_script_from_the_repo_root(tmp_path):
                            "--data", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
     last_line = done.stderr.strip().splitlines()[-1]  # (a stray runtime warning may precede it)
     assert done.returncode == 2 and last_line.startswith("error: ") and "no such checkpoint" in last_line
+
+
+def test_the_facade_loads_a_checkpoint_and_evaluates_as_the_library(checkpoints, dataset, model):
+    """BaboModel.load(ckpt).evaluate is evaluate() on the same weights; the checks come first."""
+    from dataclasses import asdict
+
+    from babo_edge import BaboModel
+    loaded = BaboModel.load(checkpoints[0])
+    assert loaded.class_names == [c["name"] for c in CATEGORIES] and loaded.config == CONFIG
+    assert loaded.check_evaluation(dataset) == "omg"
+    with pytest.raises(ValueError, match="needs a model with an OMG"):
+        BaboModel.load(checkpoints[1]).check_evaluation(dataset, mask_source="omg")
+    direct = evaluate(model, dataset, input_size=(96, 96), batch_size=2, progress=False)
+    assert asdict(loaded.evaluate(dataset, batch_size=2, progress=False)) == asdict(direct)

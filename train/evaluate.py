@@ -36,32 +36,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write every row (metrics + MAC report) here")
     args = parser.parse_args(argv)
     # torch and the evaluator only now: --help and argument errors stay fast.
-    from babo_edge.calibration.synthetic import ensure_default_dataset
-    from babo_edge.models.checkpoint import load_model
+    from babo_edge.model import BaboModel
     from babo_edge.train.engine import configure_cpu
-    from babo_edge.train.evaluation import check_classes, evaluate, format_table, open_dataset, resolve_mask_source
+    from babo_edge.train.evaluation import format_table
     from babo_edge.train.masks import check_source
 
     # Everything that can be wrong with the arguments is checked before the first image is run.
     configure_cpu(args.threads)
     sources = [None] if args.mask_source is None else [check_source(s.strip()) for s in args.mask_source.split(",")]
-    models = [(path, *load_model(path)) for path in args.checkpoints]
-    coco = open_dataset(args.data or ensure_default_dataset(), args.split)
-    runs = []  # (checkpoint, row name, model, checkpoint data, mask source)
-    for path, model, ckpt in models:
-        check_classes(model, coco, ckpt.class_names)
+    models = [BaboModel.load(path) for path in args.checkpoints]
+    runs = []  # (checkpoint, row name, model, mask source)
+    for path, model in zip(args.checkpoints, models):
         for source in sources:
-            if source == "omg" and model.omg is None and len(sources) > 1:
+            if source == "omg" and model.network.omg is None and len(sources) > 1:
                 continue  # Table 2 layout: the OMG row belongs to the models that have one
-            source = resolve_mask_source(model, source)
-            runs.append((path, path if len(sources) == 1 else f"{path} [{source}]", model, ckpt, source))
+            runs.append((path, path if len(sources) == 1 else f"{path} [{source}]", model, source))
+    for _, _, model, source in runs:
+        model.check_evaluation(args.data, split=args.split, mask_source=source)
 
-    rows = [(path, name, evaluate(model, coco, input_size=ckpt.config.input_size, mask_source=source,
-                                  batch_size=args.batch_size, limit=args.limit))
-            for path, name, model, ckpt, source in runs]
+    rows = [(path, name, model.evaluate(args.data, split=args.split, mask_source=source,
+                                        batch_size=args.batch_size, limit=args.limit))
+            for path, name, model, source in runs]
     print(format_table([(name, result) for _, name, result in rows]))
-    if args.json:  # each row names its mask source (EvalResult.mask_source)
-        write_json(args.json, {"ann_file": str(coco.ann_file), "split": args.split,
+    if args.json:  # each row names its mask source (EvaluationReport.mask_source)
+        write_json(args.json, {"ann_file": rows[0][2].ann_file, "split": args.split,
                                "rows": [{"checkpoint": path, **asdict(result)} for path, _, result in rows]})
         print(f"results written to {args.json}")
     return 0
