@@ -2,7 +2,7 @@
 
     from babo_edge import BaboModel
     model = BaboModel.load("models/zoo/babo-ssdlite-256.pt")
-    report = model.export("out_ir", precisions=("fp32", "int8"))   # the export report (dict)
+    report = model.export("out_ir", precisions=("fp32", "int8"))   # an ExportReport
     result = model.evaluate()                                      # an EvaluationReport
     macs = model.report(image)                                     # the MAC / MAC* report (dict)
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from babo_edge.calibration.coco import CocoDetection
+    from babo_edge.export.report import ExportReport
     from babo_edge.models.builders import ModelConfig
     from babo_edge.models.checkpoint import Checkpoint
     from babo_edge.models.detector import BABODetector
@@ -66,7 +67,7 @@ class BaboModel:
                input_size: int | None = None, calib: PathLike | None = None, subset_size: int = 300,
                val: PathLike | None = None, val_images: int | None = None, validate: bool = True,
                max_ap_drop: float | None = None, preset: str = "performance", dynamic_batch: bool = False,
-               raw_outputs: bool = False, parity_images: int = 8) -> dict:
+               raw_outputs: bool = False, parity_images: int = 8) -> ExportReport:
         """ONNX, OpenVINO IR and NNCF INT8 (mask path kept binary), each checked against PyTorch,
         written into `output` all at once or not at all; returns the export report.
 

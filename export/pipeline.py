@@ -14,6 +14,7 @@ refused by `export.quantize` when its graph check fails.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -22,9 +23,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Sequence
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
-from functools import partial
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +37,9 @@ from babo_edge.train.evaluation import evaluate_runners
 from babo_edge.export.onnx_export import export_onnx
 from babo_edge.export.openvino_ir import (compile_fp32, convert, model_info, save_ir,
                                 set_model_info, tool_versions)
-from babo_edge.export.parity import (BINARY_MASK_ONLY, FP32_TOLERANCE, Runner, compare, decoding_runner,
+from babo_edge.export.parity import (BINARY_MASK_ONLY, FP32_TOLERANCE, Parity, Runner, compare, decoding_runner,
                            onnxruntime_runner, openvino_runner, torch_runner)
+from babo_edge.export.report import REPORT_FILE, REPORT_SCHEMA, ExportReport
 from babo_edge.export.quantize import quantize_int8, quantize_int8_with_accuracy_control
 from babo_edge.models.builders import ModelConfig
 from babo_edge.models.checkpoint import Checkpoint
@@ -48,10 +48,9 @@ from babo_edge.artifacts import ir_path
 from babo_edge.runtime.detector import binary_safe_properties, openvino_message
 from babo_edge.runtime.sparsity import conv_layers, instrument, layer_counts
 
-REPORT_FILE = "export_report.json"
-REPORT_SCHEMA = "babo-edge/export-report"
-REPORT_VERSION = 2  # 2: accuracy rows are train.evaluation.EvaluationReport
 TOLERANCES = {"onnx": FP32_TOLERANCE, "fp32": FP32_TOLERANCE, "fp16": BINARY_MASK_ONLY, "int8": BINARY_MASK_ONLY}
+
+
 def ovms_name(checkpoint_path: str | os.PathLike) -> str:
     """Model name for OVMS (its REST/gRPC URLs): the checkpoint stem, URL-safe."""
     name = "".join(c if c.isalnum() or c in "-_" else "-" for c in Path(checkpoint_path).stem)
@@ -165,7 +164,7 @@ def publish(work: Path, output: Path) -> None:
 def export_all(model: BABODetector, checkpoint: Checkpoint, checkpoint_path: str | os.PathLike,
                output: str | os.PathLike, calibration: Sequence[np.ndarray],
                validation: CocoDetection | None, config: ModelConfig, options: ExportOptions = ExportOptions(),
-               work: Path | None = None) -> dict:
+               work: Path | None = None) -> ExportReport:
     """Exports `model` (its OMG resized to `config`) into `output` and returns the report.
 
     `work`: a folder made by `prepare_output` (made here otherwise); it is removed on any error,
@@ -175,7 +174,7 @@ def export_all(model: BABODetector, checkpoint: Checkpoint, checkpoint_path: str
     omg_size = model.omg_size  # the export resizes the OMG input to `config`; the caller's model is restored
     try:
         model.omg_size = config.omg_size if model.omg is not None else None
-        report = _export(model, checkpoint, checkpoint_path, work, calibration, validation, config, options)
+        report = _Export(model, checkpoint, checkpoint_path, work, calibration, validation, config, options).run()
         publish(work, output)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -185,123 +184,155 @@ def export_all(model: BABODetector, checkpoint: Checkpoint, checkpoint_path: str
     return report
 
 
-def _export(model, checkpoint, checkpoint_path, work: Path, calibration, validation, config: ModelConfig,
-            options: ExportOptions) -> dict:
-    started = time.perf_counter()
-    input_hw = tuple(config.input_size)
-    report = {"schema": REPORT_SCHEMA, "version": REPORT_VERSION, "checkpoint": str(checkpoint_path),
-              "model": {"arch": config.arch, "width": config.width, "input_size": list(input_hw),
-                        "omg_size": list(config.omg_size) if model.omg is not None else None,
-                        "classes": checkpoint.class_names},
-              "options": asdict(options), "seconds": {}, "files": {}, "parity": {}, "failures": {},
-              "tolerances": {name: asdict(t) for name, t in TOLERANCES.items()}, "versions": tool_versions()}
-    timer = partial(_timed, report["seconds"])
+def _stage(name: str):
+    """Times a stage method into `self.report.seconds[name]`, added up if it runs twice."""
+    def decorate(method):
+        @functools.wraps(method)
+        def timed(self, *args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                seconds = self.report.seconds
+                seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
+        return timed
+    return decorate
 
-    with timer("onnx"):
-        onnx_path = export_onnx(model, input_hw, work / "model.onnx", options.dynamic_batch, options.raw_outputs)
-    with timer("convert"):
-        ov_model = convert(onnx_path)
-        info = model_info(model, config, checkpoint.class_names, ov_model)
-        info = replace(info, outputs="raw" if options.raw_outputs else DETECTIONS)
-        set_model_info(ov_model, info)
-        irs = {precision: save_ir(ov_model, ir_path(work, precision), precision)
-               for precision in ("fp32", "fp16") if precision in options.precisions}
 
-    def decoded(runner: Runner) -> Runner:
-        return decoding_runner(runner, model, input_hw) if options.raw_outputs else runner
+class _Export:
+    """One export into `work`, stage by stage: each stage reads what the earlier ones left on
+    `self` (the ONNX file, the OpenVINO model, the saved IRs, the runners) and fills its part
+    of the report."""
 
-    parity_images = list(calibration[i] for i in range(min(options.parity_images, len(calibration))))
-    parities = {}
-    with timer("parity"):
-        reference = decoded(torch_runner(model, raw=options.raw_outputs))
+    def __init__(self, model: BABODetector, checkpoint: Checkpoint, checkpoint_path: str | os.PathLike,
+                 work: Path, calibration: Sequence[np.ndarray], validation: CocoDetection | None,
+                 config: ModelConfig, options: ExportOptions):
+        self.model, self.checkpoint, self.work = model, checkpoint, work
+        self.checkpoint_path = checkpoint_path
+        self.calibration, self.validation, self.config, self.options = calibration, validation, config, options
+        self.input_hw = tuple(config.input_size)
+        self.report = ExportReport(
+            checkpoint=str(checkpoint_path),
+            model={"arch": config.arch, "width": config.width, "input_size": list(self.input_hw),
+                   "omg_size": list(config.omg_size) if model.omg is not None else None,
+                   "classes": checkpoint.class_names},
+            options={**asdict(options), "precisions": list(options.precisions)}, tolerances={name: asdict(t) for name, t in TOLERANCES.items()},
+            versions=tool_versions())
+        self.irs: dict[str, Path] = {}
+        self.models: dict[str, ov.Model] = {}
+        self.runners: dict[str, Runner] = {}
+        self.parities: dict[str, Parity] = {}
+        self.parity_images = [calibration[i] for i in range(min(options.parity_images, len(calibration)))]
+
+    def run(self) -> ExportReport:
+        started = time.perf_counter()
+        self.onnx()
+        self.convert()
+        self.parity()
+        if "int8" in self.options.precisions:
+            self.int8()
+        self.check_tolerances()
+        if self.validation is not None:
+            self.accuracy()
+        self.ovms()
+        self.report.files = {path.relative_to(self.work).as_posix(): path.stat().st_size
+                             for path in sorted(self.work.rglob("*")) if path.is_file()}
+        self.report.seconds["total"] = time.perf_counter() - started  # stages plus compiling for parity
+        self.report.write(self.work)
+        return self.report
+
+    def decoded(self, runner: Runner) -> Runner:
+        return decoding_runner(runner, self.model, self.input_hw) if self.options.raw_outputs else runner
+
+    @_stage("onnx")
+    def onnx(self) -> None:
+        self.onnx_path = export_onnx(self.model, self.input_hw, self.work / "model.onnx", self.options.dynamic_batch,
+                                     self.options.raw_outputs)
+
+    @_stage("convert")
+    def convert(self) -> None:
+        ov_model = convert(self.onnx_path)
+        info = model_info(self.model, self.config, self.checkpoint.class_names, ov_model)
+        set_model_info(ov_model, replace(info, outputs="raw" if self.options.raw_outputs else DETECTIONS))
+        self.models["fp32"] = ov_model
+        self.irs = {precision: save_ir(ov_model, ir_path(self.work, precision), precision)
+                    for precision in ("fp32", "fp16") if precision in self.options.precisions}
+
+    @_stage("parity")
+    def parity(self) -> None:
+        """ONNX and the saved IRs against PyTorch; INT8 and the accuracy compare against the FP32
+        IR, so its runner is made whether it is saved or not."""
+        reference = self.decoded(torch_runner(self.model, raw=self.options.raw_outputs))
         # A binarized model's ONNX holds org.openvinotoolkit::FakeQuantize, which onnxruntime lacks.
-        runners = {} if config.binarize else {"onnx": decoded(onnxruntime_runner(onnx_path))}
-        runners |= {precision: decoded(openvino_runner(compile_fp32(path))) for precision, path in irs.items()}
-        for name, runner in runners.items():
-            parities[name] = compare(reference, runner, parity_images)
-    # INT8 and the accuracy pass compare against FP32, saved or not.
-    runners.setdefault("fp32", decoded(openvino_runner(compile_fp32(ov_model))))
+        if not self.config.binarize:
+            self.runners["onnx"] = self.decoded(onnxruntime_runner(self.onnx_path))
+        self.runners |= {precision: self.decoded(openvino_runner(compile_fp32(path)))
+                         for precision, path in self.irs.items()}
+        for name, runner in self.runners.items():
+            self.parities[name] = compare(reference, runner, self.parity_images)
+        self.runners.setdefault("fp32", self.decoded(openvino_runner(compile_fp32(self.models["fp32"]))))
 
-    models = {"fp32": ov_model}
-    if "int8" in options.precisions:
-        with timer("int8"):
-            int8 = _quantize(ov_model, calibration, validation, input_hw, options, decoded)
-            report["quantization"] = int8.summary
-            set_model_info(int8.model, {"quantization": int8.summary})
-            irs["int8"] = save_ir(int8.model, ir_path(work, "int8"), "int8")
-        models["int8"] = int8.model
-        runners["int8"] = decoded(openvino_runner(compile_cpu(int8.model)))
-        parities["int8"] = compare(runners["fp32"], runners["int8"], parity_images)
+    @_stage("int8")
+    def int8(self) -> None:
+        options, fp32 = self.options, self.models["fp32"]
+        if options.max_ap_drop is None:
+            result = quantize_int8(fp32, self.calibration, options.preset, options.subset_size)
+        else:
+            def ap(compiled, indices) -> float:
+                return ap_of(self.decoded(openvino_runner(compiled)), self.validation, self.input_hw, list(indices))
+            result = quantize_int8_with_accuracy_control(fp32, self.calibration, self.val_indices(), ap,
+                                                         options.max_ap_drop, options.preset, options.subset_size)
+        summary = {"method": "quantize" if options.max_ap_drop is None else "quantize_with_accuracy_control",
+                   "preset": options.preset, "calibration_images": min(options.subset_size, len(self.calibration)),
+                   "max_ap_drop": options.max_ap_drop, "ignored_nodes": len(result.ignored_scope.names),
+                   "fake_quantize_nodes": sum(op.get_type_name() == "FakeQuantize"
+                                              for op in result.model.get_ordered_ops())}
+        self.report.quantization = summary
+        set_model_info(result.model, {"quantization": summary})
+        self.irs["int8"] = save_ir(result.model, ir_path(self.work, "int8"), "int8")
+        self.models["int8"] = result.model
+        self.runners["int8"] = self.decoded(openvino_runner(compile_cpu(result.model)))
+        self.parities["int8"] = compare(self.runners["fp32"], self.runners["int8"], self.parity_images)
 
-    for name, parity in parities.items():
-        report["parity"][name] = parity.as_dict()
-        problems = parity.violations(TOLERANCES[name])
-        if problems:
-            report["failures"][name] = problems
+    def check_tolerances(self) -> None:
+        for name, parity in self.parities.items():
+            self.report.parity[name] = parity.as_dict()
+            problems = parity.violations(TOLERANCES[name])
+            if problems:
+                self.report.failures[name] = problems
 
-    if validation is not None:
-        with timer("accuracy"):
-            report["accuracy"] = _accuracy({name: (ov_model, runners[name]) for name, ov_model in models.items()},
-                                           validation, input_hw, _val_indices(validation, options))
+    def val_indices(self) -> list[int]:
+        count, asked = len(self.validation), self.options.val_images
+        return list(range(count if asked is None else min(asked, count)))
 
-    with timer("ovms"):
-        served = "int8" if "int8" in irs else next(iter(irs))
-        report["ovms"] = write_ovms_repository(work / "ovms", ovms_name(checkpoint_path), irs[served])
-        report["ovms"]["precision"] = served
-    report["files"] = {path.relative_to(work).as_posix(): path.stat().st_size
-                       for path in sorted(work.rglob("*")) if path.is_file()}
-    report["seconds"]["total"] = time.perf_counter() - started  # stages plus compiling for parity
-    (work / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    return report
+    @_stage("accuracy")
+    def accuracy(self) -> None:
+        """The FP32 and INT8 IRs on the validation split. Detections and masks come from the
+        deployed runner; the zero counts from an instrumented copy run on the same input, because
+        watching conv inputs keeps the CPU plugin from fusing some INT8 ops and changes rounding."""
+        runners = {}
+        for name, ov_model in self.models.items():
+            compile_model = compile_fp32 if name == "fp32" else compile_cpu
+            counted = openvino_runner(compile_model(instrument(ov_model)))
+            layers = conv_layers(ov_model)
+            deployed = self.runners[name]
+            runners[name] = outputs_runner(
+                lambda images, deployed=deployed, counted=counted: {**counted(images), **deployed(images)},
+                self.input_hw, lambda outputs, layers=layers: layer_counts(outputs, layers)[0])
+        indices = self.val_indices()
+        results = evaluate_runners(runners, self.validation, self.input_hw, indices=indices)
+        section = {"ann_file": str(self.validation.ann_file), "images": len(indices),
+                   **{name: asdict(result) for name, result in results.items()}}
+        if "int8" in results:
+            section["ap_drop"] = results["fp32"].metrics["AP"] - results["int8"].metrics["AP"]
+            section["mask_iou"] = results["int8"].mask_iou
+        self.report.accuracy = section
 
-
-@dataclass
-class _Int8:
-    model: ov.Model
-    summary: dict
-
-
-def _quantize(ov_model: ov.Model, calibration, validation, input_hw, options: ExportOptions, decoded) -> _Int8:
-    if options.max_ap_drop is None:
-        result = quantize_int8(ov_model, calibration, options.preset, options.subset_size)
-    else:
-        def ap(compiled, indices) -> float:
-            return ap_of(decoded(openvino_runner(compiled)), validation, input_hw, list(indices))
-        result = quantize_int8_with_accuracy_control(ov_model, calibration, _val_indices(validation, options), ap,
-                                                     options.max_ap_drop, options.preset, options.subset_size)
-    summary = {"method": "quantize" if options.max_ap_drop is None else "quantize_with_accuracy_control",
-               "preset": options.preset, "calibration_images": min(options.subset_size, len(calibration)),
-               "max_ap_drop": options.max_ap_drop, "ignored_nodes": len(result.ignored_scope.names),
-               "fake_quantize_nodes": sum(op.get_type_name() == "FakeQuantize" for op in result.model.get_ordered_ops())}
-    return _Int8(result.model, summary)
-
-
-def _val_indices(validation: CocoDetection, options: ExportOptions) -> list[int]:
-    count = len(validation) if options.val_images is None else min(options.val_images, len(validation))
-    return list(range(count))
-
-
-def _accuracy(models: dict[str, tuple[ov.Model, Runner]], validation: CocoDetection, input_hw,
-              indices: list[int]) -> dict:
-    """The models on the validation split: {name: (model, its deployed runner)}, "fp32" first.
-    Detections and masks come from the deployed runner; the zero counts from an instrumented
-    copy run on the same input, because watching conv inputs keeps the CPU plugin from fusing
-    some INT8 ops and changes rounding."""
-    runners = {}
-    for name, (ov_model, deployed) in models.items():
-        compile_model = compile_fp32 if name == "fp32" else compile_cpu
-        counted = openvino_runner(compile_model(instrument(ov_model)))
-        layers = conv_layers(ov_model)
-        runners[name] = outputs_runner(lambda images, deployed=deployed, counted=counted: {**counted(images),
-                                                                                           **deployed(images)},
-                                       input_hw, lambda outputs, layers=layers: layer_counts(outputs, layers)[0])
-    results = evaluate_runners(runners, validation, input_hw, indices=indices)
-    section = {"ann_file": str(validation.ann_file), "images": len(indices),
-               **{name: asdict(result) for name, result in results.items()}}
-    if "int8" in results:
-        section["ap_drop"] = results["fp32"].metrics["AP"] - results["int8"].metrics["AP"]
-        section["mask_iou"] = results["int8"].mask_iou
-    return section
+    @_stage("ovms")
+    def ovms(self) -> None:
+        served = "int8" if "int8" in self.irs else next(iter(self.irs))
+        ovms = write_ovms_repository(self.work / "ovms", ovms_name(self.checkpoint_path), self.irs[served])
+        self.report.ovms = {**ovms, "precision": served}
 
 
 def compile_cpu(model: ov.Model) -> ov.CompiledModel:
@@ -323,60 +354,3 @@ def write_ovms_repository(root: Path, name: str, xml: Path) -> dict:
     config = {"model_config_list": [{"config": {"name": name, "base_path": f"/models/{name}"}}]}
     (root / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return {"name": name, "config": "ovms/config.json"}
-
-
-@contextmanager
-def _timed(seconds: dict[str, float], stage: str):
-    """Adds the wall time of the block to seconds[stage]."""
-    started = time.perf_counter()
-    try:
-        yield
-    finally:
-        seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - started
-
-
-AP_DROP_TARGET = 0.5  # AP points, INT8 vs FP32 (issue target on the demo checkpoint)
-MASK_IOU_TARGET = 0.98
-
-
-def format_summary(report: dict) -> str:
-    """The printed summary of an export report: stages, files, parity, accuracy and MAC*."""
-    mb = 1 << 20
-    lines = ["stages: " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in report["seconds"].items()),
-             "files: " + ", ".join(f"{name} {size / mb:.1f} MB" for name, size in report["files"].items()
-                                   if isinstance(size, int) and name.endswith((".onnx", ".bin"))
-                                   and not name.startswith("ovms/")),
-             f"OVMS: {report['ovms']['config']} serves {report['ovms']['name']} ({report['ovms']['precision']})",
-             "",
-             f"{'parity':<18} {'detections':>11} {'max|score|':>10} {'max|box|px':>10} {'mask IoU':>8} "
-             f"{'px differ':>9} {'ok':>3}"]
-    for name, parity in report["parity"].items():
-        against = "vs FP32 IR" if name == "int8" else "vs PyTorch"
-        lines.append(f"{name.upper():<5}{against:<13} {parity['candidate_detections']:>5}/{parity['reference_detections']:<5} "
-                     f"{parity['max_score_diff']:>10.2e} {parity['max_box_diff']:>10.2e} {parity['mask_iou']:>8.4f} "
-                     f"{parity['mask_mismatches']:>9} {'no' if name in report['failures'] else 'yes':>3}")
-    accuracy = report.get("accuracy")
-    if accuracy:
-        lines += ["", f"accuracy on {accuracy['ann_file']} ({accuracy['images']} images)",
-                  f"{'model':<8} {'AP':>5} {'AP50':>5} {'FG%':>5} {'recall%':>7} {'mask IoU':>8} {'zeros%':>6} "
-                  f"{'OD zeros%':>9} {'GMAC':>6} {'GMAC*':>6}"]
-        for name in ("fp32", "int8"):
-            if name not in accuracy:
-                continue
-            result = accuracy[name]
-            recall = result["instance_recall"]
-            lines.append(
-                f"{name.upper() + ' IR':<8} {result['metrics']['AP']:>5.1f} {result['metrics']['AP50']:>5.1f} "
-                f"{_percent(result['fg_ratio']):>5} {_percent(recall and recall['overall']):>7} "
-                f"{'-' if result['mask_iou'] is None else format(result['mask_iou'], '.4f'):>8} "
-                f"{100 * result['zero_ratio']:>6.2f} {100 * result['od_zero_ratio']:>9.2f} "
-                f"{result['gmac']:>6.3f} {result['gmac_star']:>6.3f}")
-        if "ap_drop" in accuracy:
-            iou = accuracy["mask_iou"]
-            lines.append(f"INT8 vs FP32: AP drop {accuracy['ap_drop']:.2f} (target <= {AP_DROP_TARGET}), "
-                         + ("no mask" if iou is None else f"mask IoU {iou:.4f} (target >= {MASK_IOU_TARGET})"))
-    return "\n".join(lines)
-
-
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}"

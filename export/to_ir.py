@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     # The stages' heavy imports (torch, openvino, nncf) only now: --help and argument errors stay fast.
     import nncf
 
-    from babo_edge.export.pipeline import REPORT_FILE, format_summary
+    from babo_edge.export.report import REPORT_FILE, format_summary
     from babo_edge.model import BaboModel
 
     nncf.set_log_level(logging.WARNING)
@@ -81,9 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     print(format_summary(report))
     print(f"written to {output} (report: {output / REPORT_FILE})")
-    for name, problems in report["failures"].items():
+    for name, problems in report.failures.items():
         print(f"error: {name}: {'; '.join(problems)}", file=sys.stderr)
-    return 1 if report["failures"] else 0
+    return 1 if report.failures else 0
 
 
 if __name__ == "__main__":

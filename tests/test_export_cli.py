@@ -4,6 +4,7 @@ import json
 import os
 import stat
 from contextlib import nullcontext
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from babo_edge.calibration.coco import CocoDetection
 from babo_edge.calibration.synthetic import split_files
 from babo_edge.export import mask_graph, options, pipeline
 from babo_edge.export.parity import openvino_runner
-from babo_edge.export.pipeline import REPORT_FILE
+from babo_edge.export.report import REPORT_FILE
 from babo_edge.export.to_ir import main as to_ir_main
 from babo_edge.models.builders import ModelConfig, build_model
 from babo_edge.runtime.detector import read_model_info
@@ -183,14 +184,14 @@ def test_an_empty_folder_is_used_and_published_with_ordinary_permissions(tiny_ch
 def test_a_folder_that_appears_during_the_export_is_not_replaced(tiny_checkpoint, tiny_dataset, tmp_path,
                                                                    monkeypatch, capsys):
     out = tmp_path / "raced"
-    real_export = pipeline._export
+    real_run = pipeline._Export.run
 
-    def export_while_the_user_writes(*args, **kwargs):
-        report = real_export(*args, **kwargs)
+    def export_while_the_user_writes(self):
+        report = real_run(self)
         out.mkdir()
         (out / "theirs.txt").write_text("x")
         return report
-    monkeypatch.setattr(pipeline, "_export", export_while_the_user_writes)
+    monkeypatch.setattr(pipeline._Export, "run", export_while_the_user_writes)
     assert run_tiny(tiny_checkpoint, tiny_dataset, out, "--precision", "fp32", "--no-val") == 2
     assert [p.name for p in out.iterdir()] == ["theirs.txt"] and leftovers(tmp_path) == []
 
@@ -251,7 +252,7 @@ def test_default_val_of_other_classes_is_skipped_with_a_warning(tmp_path, capsys
     assert code == 0
     assert "accuracy not measured" in capsys.readouterr().err
     report = json.loads((tmp_path / "two_ir" / REPORT_FILE).read_text())
-    assert "accuracy" not in report
+    assert report["accuracy"] is None
 
 
 def test_ctrl_c_leaves_nothing(tiny_checkpoint, tiny_dataset, tmp_path, monkeypatch, capsys):
@@ -269,7 +270,10 @@ def test_export_at_another_size_leaves_the_callers_model_as_it_was(tiny_checkpoi
     config = options.export_config(checkpoint.config, 192)
     assert config.omg_size == (96, 96) and model.omg_size == (64, 64)
     calib = CalibrationImages(config.input_size, 2, tiny_dataset)
-    pipeline.export_all(model, checkpoint, tiny_checkpoint, tmp_path / "big", calib, None, config,
-                        options.ExportOptions(precisions=("fp32",), parity_images=1))
+    report = pipeline.export_all(model, checkpoint, tiny_checkpoint, tmp_path / "big", calib, None, config,
+                                 options.ExportOptions(precisions=("fp32",), parity_images=1))
     assert model.omg_size == (64, 64)
-    assert json.loads((tmp_path / "big" / REPORT_FILE).read_text())["model"]["omg_size"] == [96, 96]
+    written = json.loads((tmp_path / "big" / REPORT_FILE).read_text())
+    assert written == asdict(report) and written["model"]["omg_size"] == [96, 96]
+    assert (written["schema"], written["version"]) == ("babo-edge/export-report", 2)
+    assert set(written["seconds"]) == {"onnx", "convert", "parity", "ovms", "total"} and report.accuracy is None

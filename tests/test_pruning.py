@@ -114,7 +114,7 @@ def test_pruned_checkpoint_exports_with_to_ir_alone_and_with_parity(tiny_dataset
 
     import openvino as ov
 
-    from babo_edge.export.pipeline import REPORT_FILE
+    from babo_edge.export.report import REPORT_FILE
     from babo_edge.export.to_ir import main as to_ir_main
     from babo_edge.runtime.detector import parse_model_info, read_model_info
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from babo_edge.export import pipeline
-from babo_edge.export.pipeline import EXPORT_MARKER, REPORT_FILE, clean_stale_work, prepare_output
+from babo_edge.export.pipeline import EXPORT_MARKER, clean_stale_work, prepare_output
+from babo_edge.export.report import REPORT_FILE
 from test_export_cli import leftovers, run_tiny
 
 REPO = Path(__file__).resolve().parents[1]
