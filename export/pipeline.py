@@ -216,7 +216,8 @@ class _Export:
             model={"arch": config.arch, "width": config.width, "input_size": list(self.input_hw),
                    "omg_size": list(config.omg_size) if model.omg is not None else None,
                    "classes": checkpoint.class_names},
-            options={**asdict(options), "precisions": list(options.precisions)}, tolerances={name: asdict(t) for name, t in TOLERANCES.items()},
+            options={**asdict(options), "precisions": list(options.precisions)},
+            tolerances={name: asdict(t) for name, t in TOLERANCES.items()},
             versions=tool_versions())
         self.irs: dict[str, Path] = {}
         self.models: dict[str, ov.Model] = {}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         frames = load_val_frames(args.frames, args.data)
         settings = Settings(device=device, frames=args.frames, duration=args.duration)
-        report = run_benchmark(targets, frames, settings, args.pytorch, core)
+        report = asdict(run_benchmark(targets, frames, settings, args.pytorch, core))
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130

@@ -24,7 +24,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -45,6 +45,48 @@ SCHEMA = "babo-edge/benchmark"
 VERSION = 1
 PYTORCH = "pytorch"  # the precision label of a PyTorch eager (FP32) row
 DEFAULT_MODELS = tuple(default_export_dir(ZOO / f"{name}.pt") for name in ("vanilla-ssdlite-256", "babo-ssdlite-256"))
+
+
+@dataclass(kw_only=True)
+class BenchmarkRow:
+    """One measured (model, precision, device). Times in ms; `latency_ms` median/p90/p99/mean of
+    the LATENCY-hint runs; throughput (THROUGHPUT hint) None for PyTorch rows; GMAC, GMAC*, zeros
+    and FG-ratio averaged over the frames, counted on `sparsity_device`; `vs_first` / `vs_fp32`
+    the ratios of `relative` (None where there is no reference)."""
+    runtime: str  # openvino or pytorch
+    model: str
+    precision: str
+    device: str
+    source: str
+    input_shape: str
+    inference_precision: str | None
+    threads: int | None
+    compile_ms: float  # PyTorch: the checkpoint's load
+    first_inference_ms: float
+    latency_ms: dict[str, float]
+    latency_runs: int
+    throughput_fps: float | None
+    infer_requests: int | None
+    throughput_frames: int | None
+    gmac: float
+    gmac_star: float
+    zero_ratio: float
+    fg_ratio: float | None
+    sparsity_device: str
+    counter_overhead: float | None
+    vs_first: dict[str, float | None] | None = None
+    vs_fp32: dict[str, float | None] | None = None
+
+
+@dataclass(kw_only=True)
+class BenchmarkReport:
+    """The benchmark's report; `asdict` is the JSON the table, the plots and the gate read."""
+    schema: str = SCHEMA
+    version: int = VERSION
+    created: str
+    machine: dict
+    settings: dict
+    rows: list[BenchmarkRow]
 
 
 class BenchmarkError(BaboError, ValueError):
@@ -136,7 +178,8 @@ def load_val_frames(count: int, dataset: Path | None = None, split: str = "val")
 
 def count_sparsity(model: ov.Model, inputs: Sequence[np.ndarray], device: str, overhead_runs: int,
                    core: ov.Core) -> dict:
-    """GMAC, GMAC*, zeros and FG-ratio averaged over `inputs`, and the counters' latency overhead.
+    """The sparsity fields of a BenchmarkRow: GMAC, GMAC*, zeros and FG-ratio averaged over
+    `inputs`, and the counters' latency overhead.
     Counted on `device`; on a device that cannot compile the counters (int32 reductions) they
     run on the CPU instead, said so in `sparsity_device`, with no overhead figure."""
     config = {"PERFORMANCE_HINT": "LATENCY"}
@@ -169,7 +212,7 @@ def compiled_property(compiled: ov.CompiledModel, name: str):
 
 
 def benchmark_ir(target: Target, frames: Sequence[np.ndarray], settings: Settings, core: ov.Core,
-                 phase: Callable[[str], None] = _no_phase) -> dict:
+                 phase: Callable[[str], None] = _no_phase) -> BenchmarkRow:
     """One IR row: the timed runs, then the counters on their own compiled copy. `phase` is told
     what is running (progress display)."""
     model = read_ir(target.xml, core)
@@ -183,26 +226,26 @@ def benchmark_ir(target: Target, frames: Sequence[np.ndarray], settings: Setting
     warm_up(detector.run, inputs)
     latencies = timed_calls(detector.run, inputs, settings.duration, len(inputs))
     inference_precision = compiled_property(detector.compiled, "INFERENCE_PRECISION_HINT")
-    row = {"runtime": "openvino", "model": target.name, "precision": target.precision or detector.info.precision,
-           "device": detector.device, "source": str(target.xml), "input_shape": str(model.inputs[0].get_partial_shape()),
-           "inference_precision": None if inference_precision is None else inference_precision.get_type_name(),
-           "threads": compiled_property(detector.compiled, "INFERENCE_NUM_THREADS"),
-           "compile_ms": compile_ms, "first_inference_ms": first_ms,
-           "latency_ms": latency_stats(latencies), "latency_runs": len(latencies)}
+    timed = {"runtime": "openvino", "model": target.name, "precision": target.precision or detector.info.precision,
+             "device": detector.device, "source": str(target.xml), "input_shape": str(model.inputs[0].get_partial_shape()),
+             "inference_precision": None if inference_precision is None else inference_precision.get_type_name(),
+             "threads": compiled_property(detector.compiled, "INFERENCE_NUM_THREADS"),
+             "compile_ms": compile_ms, "first_inference_ms": first_ms,
+             "latency_ms": latency_stats(latencies), "latency_runs": len(latencies)}
+    device = detector.device
     del detector  # one compiled model at a time: nothing else holds the device while timing
     phase("throughput")
-    compiled = core.compile_model(model, row["device"],
-                                  binary_safe_properties(model, row["device"], compile_config("THROUGHPUT", None, None)))
+    compiled = core.compile_model(model, device, binary_safe_properties(model, device, compile_config("THROUGHPUT", None, None)))
     throughput = measure_throughput(compiled, inputs, settings.duration)
     del compiled
-    row |= {"throughput_fps": throughput["fps"], "infer_requests": throughput["infer_requests"],
-            "throughput_frames": throughput["frames"]}
     phase("counters")
-    return row | count_sparsity(model, inputs, row["device"], settings.overhead_runs, core)
+    return BenchmarkRow(**timed, throughput_fps=throughput["fps"], infer_requests=throughput["infer_requests"],
+                        throughput_frames=throughput["frames"],
+                        **count_sparsity(model, inputs, device, settings.overhead_runs, core))
 
 
 def benchmark_pytorch(checkpoint: Path, frames: Sequence[np.ndarray], settings: Settings,
-                      threads: int | None) -> dict:
+                      threads: int | None) -> BenchmarkRow:
     """A PyTorch eager row (CPU, FP32, `model.detect`: what the IR computes) on the same frames;
     `threads`: torch.set_num_threads while timing, to match the OpenVINO rows (None: torch's
     default). Its compile time is the checkpoint's load (read + build); no throughput mode."""
@@ -228,18 +271,18 @@ def benchmark_pytorch(checkpoint: Path, frames: Sequence[np.ndarray], settings: 
         used_threads = torch.get_num_threads()
     finally:
         torch.set_num_threads(previous_threads)
-    return {"runtime": "pytorch", "model": Path(checkpoint).stem, "precision": PYTORCH, "device": "CPU",
-            "source": str(checkpoint), "input_shape": str(list(inputs[0].shape)), "inference_precision": "f32",
-            "threads": used_threads, "compile_ms": load_ms, "first_inference_ms": first_ms,
-            "latency_ms": latency_stats(latencies), "latency_runs": len(latencies),
-            "throughput_fps": None, "infer_requests": None, "throughput_frames": None,
-            **figures(report["totals"]), "fg_ratio": report["fg_ratio"],
-            "sparsity_device": "CPU", "counter_overhead": None}
+    return BenchmarkRow(runtime="pytorch", model=Path(checkpoint).stem, precision=PYTORCH, device="CPU",
+                        source=str(checkpoint), input_shape=str(list(inputs[0].shape)), inference_precision="f32",
+                        threads=used_threads, compile_ms=load_ms, first_inference_ms=first_ms,
+                        latency_ms=latency_stats(latencies), latency_runs=len(latencies),
+                        throughput_fps=None, infer_requests=None, throughput_frames=None,
+                        **figures(report["totals"]), fg_ratio=report["fg_ratio"],
+                        sparsity_device="CPU", counter_overhead=None)
 
 
-def openvino_threads(rows: Sequence[dict]) -> int | None:
+def openvino_threads(rows: Sequence[BenchmarkRow]) -> int | None:
     """The threads of the first OpenVINO CPU row, for the PyTorch rows to match."""
-    return next((row["threads"] for row in rows if row["runtime"] == "openvino" and row["threads"]), None)
+    return next((row.threads for row in rows if row.runtime == "openvino" and row.threads), None)
 
 
 # --- the report ---
@@ -248,24 +291,23 @@ def ratio(value: float | None, reference: float | None) -> float | None:
     return None if value is None or not reference else value / reference
 
 
-def relative(row: dict, reference: dict) -> dict[str, float | None]:
+def relative(row: BenchmarkRow, reference: BenchmarkRow) -> dict[str, float | None]:
     """Row / reference of median latency, throughput and GMAC*."""
-    return {"latency": ratio(row["latency_ms"]["median"], reference["latency_ms"]["median"]),
-            "throughput": ratio(row["throughput_fps"], reference["throughput_fps"]),
-            "gmac_star": ratio(row["gmac_star"], reference["gmac_star"])}
+    return {"latency": ratio(row.latency_ms["median"], reference.latency_ms["median"]),
+            "throughput": ratio(row.throughput_fps, reference.throughput_fps),
+            "gmac_star": ratio(row.gmac_star, reference.gmac_star)}
 
 
-def with_ratios(rows: Sequence[dict]) -> list[dict]:
+def with_ratios(rows: Sequence[BenchmarkRow]) -> list[BenchmarkRow]:
     """Copies of `rows` with `vs_first` (against the first row) and `vs_fp32` (against the FP32 IR
     row of the same model and device; None for FP32 rows and when there is none)."""
-    fp32 = {(row["model"], row["device"]): row for row in rows
-            if row["runtime"] == "openvino" and row["precision"] == "fp32"}
+    fp32 = {(row.model, row.device): row for row in rows if row.runtime == "openvino" and row.precision == "fp32"}
     result = []
     for row in rows:
-        reference = fp32.get((row["model"], row["device"]))
+        reference = fp32.get((row.model, row.device))
         compared = reference is not None and reference is not row
-        result.append({**row, "vs_first": relative(row, rows[0]),
-                       "vs_fp32": relative(row, reference) if compared else None})
+        result.append(replace(row, vs_first=relative(row, rows[0]),
+                              vs_fp32=relative(row, reference) if compared else None))
     return result
 
 
@@ -289,15 +331,15 @@ def machine_info(core: ov.Core, device: str, torch_version: str | None, load_ave
 
 
 def run_benchmark(targets: Sequence[Target], frames: Sequence[np.ndarray], settings: Settings,
-                  pytorch: Sequence[Path] = (), core: ov.Core | None = None) -> dict:
+                  pytorch: Sequence[Path] = (), core: ov.Core | None = None) -> BenchmarkReport:
     """Measures every target, then every PyTorch checkpoint, in this order, and returns the
-    report (schema babo-edge/benchmark, version 1). Raises runtime.detector.ModelError,
+    report. Raises runtime.detector.ModelError,
     runtime.devices.DeviceError and BenchmarkError, each one line."""
     if not frames or not (targets or pytorch):
         raise BenchmarkError("nothing to measure: no frames" if not frames else "nothing to measure: no model")
     core = core or ov.Core()
     load_before = system_load()
-    rows: list[dict] = []
+    rows: list[BenchmarkRow] = []
     with tqdm(total=len(targets) + len(pytorch), unit="row", desc="benchmark", file=sys.stderr) as bar:
         for target in targets:
             bar.set_description(f"{target.name} {target.precision or ''}".strip())
@@ -307,11 +349,11 @@ def run_benchmark(targets: Sequence[Target], frames: Sequence[np.ndarray], setti
             bar.set_description(f"{Path(checkpoint).stem} PyTorch")
             rows.append(benchmark_pytorch(checkpoint, frames, settings, openvino_threads(rows)))
             bar.update()
-    return {"schema": SCHEMA, "version": VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "machine": machine_info(core, rows[0]["device"] if targets else settings.device,
-                                    sys.modules["torch"].__version__ if pytorch else None, load_before),
-            "settings": asdict(settings) | {"frames": len(frames), "warmup_runs": WARMUP_RUNS},
-            "rows": with_ratios(rows)}
+    return BenchmarkReport(created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                           machine=machine_info(core, rows[0].device if targets else settings.device,
+                                                sys.modules["torch"].__version__ if pytorch else None, load_before),
+                           settings=asdict(settings) | {"frames": len(frames), "warmup_runs": WARMUP_RUNS},
+                           rows=with_ratios(rows))
 
 
 # --- execution modes (runtime.sparse) ---

@@ -4,7 +4,7 @@ structure and arithmetic."""
 import json
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -45,7 +45,10 @@ def report(export_folder, checkpoint, tiny_dataset):
     frames = latency.load_val_frames(3, tiny_dataset)
     targets = latency.resolve_targets([export_folder], ("fp32", "int8"))
     settings = latency.Settings(frames=3, duration=0.05, overhead_runs=2)
-    return latency.run_benchmark(targets, frames, settings, pytorch=[checkpoint])
+    measured = latency.run_benchmark(targets, frames, settings, pytorch=[checkpoint])
+    assert isinstance(measured, latency.BenchmarkReport)
+    assert all(isinstance(row, latency.BenchmarkRow) for row in measured.rows)
+    return asdict(measured)
 
 
 def test_report_schema_keys_and_types(report):
@@ -100,16 +103,28 @@ def test_table_shows_every_row_with_its_ratios(report):
     assert report["machine"]["cpu"] in table
 
 
-def row(model="m", precision="fp32", median=10.0, fps=100.0, gmac_star=0.2, runtime="openvino", device="CPU"):
-    return {"runtime": runtime, "model": model, "precision": precision, "device": device,
-            "latency_ms": {"median": median, "p90": median, "p99": median, "mean": median},
-            "throughput_fps": fps, "gmac_star": gmac_star}
+def measured_row(model="m", precision="fp32", median=10.0, fps=100.0, gmac_star=0.2, runtime="openvino",
+                 device="CPU") -> latency.BenchmarkRow:
+    return latency.BenchmarkRow(
+        runtime=runtime, model=model, precision=precision, device=device, source="x", input_shape="[1,3,8,8]",
+        inference_precision="f32", threads=2, compile_ms=1.0, first_inference_ms=1.0,
+        latency_ms={"median": median, "p90": median, "p99": median, "mean": median}, latency_runs=3,
+        throughput_fps=fps, infer_requests=1, throughput_frames=3, gmac=0.4, gmac_star=gmac_star, zero_ratio=0.5,
+        fg_ratio=0.5, sparsity_device=device, counter_overhead=None)
+
+
+def row(*args, **kwargs) -> dict:
+    """A row as the report's JSON holds it (what the gate and the tables read)."""
+    return asdict(measured_row(*args, **kwargs))
 
 
 def test_with_ratios_on_hand_made_rows():
-    rows = latency.with_ratios([row("vanilla"), row("vanilla", "int8", 5.0, 250.0, 0.19), row("babo", median=8.0,
-                                fps=120.0, gmac_star=0.1), row("babo", "int8", 4.0, 300.0, 0.1),
-                                row("babo", "pytorch", 40.0, None, 0.1, runtime="pytorch")])
+    rows = latency.with_ratios([measured_row("vanilla"), measured_row("vanilla", "int8", 5.0, 250.0, 0.19),
+                                measured_row("babo", median=8.0, fps=120.0, gmac_star=0.1),
+                                measured_row("babo", "int8", 4.0, 300.0, 0.1),
+                                measured_row("babo", "pytorch", 40.0, None, 0.1, runtime="pytorch")])
+    assert set(asdict(rows[0])) == ROW_FIELDS
+    rows = [asdict(r) for r in rows]
     assert [r["vs_first"] for r in rows] == [
         {"latency": 1.0, "throughput": 1.0, "gmac_star": 1.0},
         {"latency": 0.5, "throughput": 2.5, "gmac_star": pytest.approx(0.95)},
