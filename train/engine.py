@@ -325,89 +325,122 @@ def _distributed() -> tuple[int, int]:
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
-def train(config: TrainConfig, resume: str | None = None, progress: bool = True) -> Path:
-    """Runs training; writes `epoch_<k>.pt` and `last.pt` checkpoints into config.out.
-    Returns the path of the last checkpoint."""
-    config.validate()
-    configure_cpu(config.threads)
-    torch.set_flush_denormal(True)  # denormal activations/gradients make CPU steps up to 20x slower
-    rank, world = _distributed()
-    seed_everything(config.seed + rank)
-    dataset = dataset_for(config, config.split)
-    config = replace(config, model=replace(config.model, num_classes=len(dataset.class_names)))
-    model = prepare_model(config)
-    spec = PruneSpec.parse(config.prune) if config.prune else None
-    if spec is not None and spec.method == "channels":  # one-shot, then fine-tuning
-        model, pruned = prune_channels(model, config.model, spec.ratio, spec.scope)
-        config = replace(config, model=pruned)
-        freeze_for_mode(config, model)
-    if config.channels_last:
-        model.to(memory_format=torch.channels_last)
-    data = DetectionData(dataset, config.model.input_size, train=True, mean=config.model.mean, seed=config.seed)
-    sampler = (torch.utils.data.DistributedSampler(data, world, rank, shuffle=True, seed=config.seed)
-               if world > 1 else None)
-    generator = torch.Generator()
-    loader = torch.utils.data.DataLoader(
-        data, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
-        num_workers=config.workers, collate_fn=collate, drop_last=len(data) >= config.batch_size * world,
-        generator=generator, persistent_workers=False)
-    forward = DistributedDataParallel(model) if world > 1 else model
-    optimizer = make_optimizer(config, model)
-    start_epoch, iteration = 0, 0
-    if resume:
-        ckpt = load_checkpoint(resume)
-        load_weights(resume, "detector", model.detector, ckpt.od_state)
-        if model.omg is not None:
-            load_weights(resume, "OMG", model.omg, ckpt.omg_state)
+class Trainer:
+    """One training run: set up from a TrainConfig (data, model, optional one-shot channel
+    pruning, optimizer), optionally resumed from a checkpoint's training state, then `run`
+    epoch by epoch, writing `epoch_<k>.pt` and `last.pt` into config.out after each epoch."""
+
+    def __init__(self, config: TrainConfig, progress: bool = True):
+        config.validate()
+        configure_cpu(config.threads)
+        torch.set_flush_denormal(True)  # denormal activations/gradients make CPU steps up to 20x slower
+        self.rank, self.world = _distributed()
+        seed_everything(config.seed + self.rank)
+        self.dataset = dataset_for(config, config.split)
+        config = replace(config, model=replace(config.model, num_classes=len(self.dataset.class_names)))
+        model = prepare_model(config)
+        self.prune_spec = PruneSpec.parse(config.prune) if config.prune else None
+        if self.prune_spec is not None and self.prune_spec.method == "channels":  # one-shot, then fine-tuning
+            model, pruned = prune_channels(model, config.model, self.prune_spec.ratio, self.prune_spec.scope)
+            config = replace(config, model=pruned)
+            freeze_for_mode(config, model)
+        if config.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.config, self.model, self.progress = config, model, progress
+        self.data = DetectionData(self.dataset, config.model.input_size, train=True, mean=config.model.mean,
+                                  seed=config.seed)
+        self.sampler = (torch.utils.data.DistributedSampler(self.data, self.world, self.rank, shuffle=True,
+                                                            seed=config.seed) if self.world > 1 else None)
+        self.generator = torch.Generator()
+        self.loader = torch.utils.data.DataLoader(
+            self.data, batch_size=config.batch_size, shuffle=self.sampler is None, sampler=self.sampler,
+            num_workers=config.workers, collate_fn=collate,
+            drop_last=len(self.data) >= config.batch_size * self.world, generator=self.generator,
+            persistent_workers=False)
+        self.forward = DistributedDataParallel(model) if self.world > 1 else model
+        self.optimizer = make_optimizer(config, model)
+        self.start_epoch, self.iteration = 0, 0
+        self.iters_per_epoch = max(len(self.loader), 1)
+        self.history: list[dict] = []
+
+    def resume(self, path: str | os.PathLike) -> None:
+        """Weights, optimizer, RNG, epoch and iteration from a checkpoint train wrote."""
+        ckpt = load_checkpoint(path)
+        load_weights(path, "detector", self.model.detector, ckpt.od_state)
+        if self.model.omg is not None:
+            load_weights(path, "OMG", self.model.omg, ckpt.omg_state)
         if ckpt.training_state is None:
-            raise CheckpointError(f"{resume}: no training state to resume from (a released checkpoint?); use --init")
-        optimizer.load_state_dict(ckpt.training_state["optimizer"])
+            raise CheckpointError(f"{path}: no training state to resume from (a released checkpoint?); use --init")
+        self.optimizer.load_state_dict(ckpt.training_state["optimizer"])
         torch.set_rng_state(ckpt.training_state["torch_rng"])
-        start_epoch, iteration = ckpt.training_state["epoch"], ckpt.training_state["iteration"]
-    out_dir = Path(config.out)
-    iters_per_epoch = max(len(loader), 1)
-    total_iters = min(config.epochs * iters_per_epoch, config.max_iters or config.epochs * iters_per_epoch)
-    schedule = (MagnitudeSchedule(config, model, spec, total_iters)
-                if spec is not None and spec.method == "magnitude" else None)
-    last = out_dir / "last.pt"
-    history = []
-    started = time.time()
-    set_train_mode(config, model)
-    for epoch in range(start_epoch, config.epochs):
-        data.set_epoch(epoch)
-        generator.manual_seed(config.seed * 100_003 + epoch)  # shuffle order depends on the epoch only
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        bar = tqdm(loader, desc=f"{config.mode} epoch {epoch + 1}/{config.epochs}", disable=not progress or rank,
-                   dynamic_ncols=True, file=sys.stderr)
+        self.start_epoch, self.iteration = ckpt.training_state["epoch"], ckpt.training_state["iteration"]
+
+    @property
+    def done(self) -> bool:
+        return bool(self.config.max_iters) and self.iteration >= self.config.max_iters
+
+    def run(self) -> Path:
+        """Trains the remaining epochs; returns the path of the last checkpoint."""
+        config = self.config
+        total_iters = min(config.epochs * self.iters_per_epoch, config.max_iters or config.epochs * self.iters_per_epoch)
+        schedule = (MagnitudeSchedule(config, self.model, self.prune_spec, total_iters)
+                    if self.prune_spec is not None and self.prune_spec.method == "magnitude" else None)
+        started = time.time()
+        set_train_mode(config, self.model)
+        last = Path(config.out) / "last.pt"
+        for epoch in range(self.start_epoch, config.epochs):
+            self.history.append({"epoch": epoch + 1, **self.epoch(epoch, schedule)})
+            if self.rank == 0:
+                self.save(epoch + 1, time.time() - started, last)
+            if self.done:
+                break
+        if self.world > 1:
+            dist.barrier()
+        return last
+
+    def epoch(self, epoch: int, schedule: MagnitudeSchedule | None) -> dict[str, float]:
+        """One pass over the data (stopped at max_iters); returns the mean of every step statistic."""
+        config, optimizer = self.config, self.optimizer
+        self.data.set_epoch(epoch)
+        self.generator.manual_seed(config.seed * 100_003 + epoch)  # shuffle order depends on the epoch only
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+        bar = tqdm(self.loader, desc=f"{config.mode} epoch {epoch + 1}/{config.epochs}",
+                   disable=not self.progress or self.rank, dynamic_ncols=True, file=sys.stderr)
         sums: dict[str, float] = {}
         steps = 0
         for batch in bar:
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(config, iteration, iters_per_epoch)
-            stats = train_step(config, model, forward, optimizer, batch,
-                               config.bidet_losses_on(iteration, iters_per_epoch))
-            iteration += 1
+                group["lr"] = lr_at(config, self.iteration, self.iters_per_epoch)
+            stats = train_step(config, self.model, self.forward, optimizer, batch,
+                               config.bidet_losses_on(self.iteration, self.iters_per_epoch))
+            self.iteration += 1
             if schedule is not None:
-                schedule.after_step(iteration)
+                schedule.after_step(self.iteration)
             steps += 1
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix({k: f"{v / steps:.3f}" for k, v in sums.items()} | {"lr": f"{optimizer.param_groups[0]['lr']:.4f}"})
-            if config.max_iters and iteration >= config.max_iters:
+            if self.done:
                 break
-        history.append({"epoch": epoch + 1, **{k: v / max(steps, 1) for k, v in sums.items()}})
-        if rank == 0:
-            meta = {"mode": config.mode, "epoch": epoch + 1, "iteration": iteration, "history": history,
-                    "train_config": json.loads(json.dumps(config.to_dict())), "world_size": world,
-                    "seconds": time.time() - started, "command": " ".join(sys.argv)}
-            state = {"optimizer": optimizer.state_dict(), "epoch": epoch + 1, "iteration": iteration,
-                     "torch_rng": torch.get_rng_state()}
-            save_checkpoint(out_dir / f"epoch_{epoch + 1}.pt", model, config.model, dataset.class_names,
-                            meta, state)
-            save_checkpoint(last, model, config.model, dataset.class_names, meta, state)
-        if config.max_iters and iteration >= config.max_iters:
-            break
-    if world > 1:
-        dist.barrier()
-    return last
+        return {k: v / max(steps, 1) for k, v in sums.items()}
+
+    def save(self, epoch: int, seconds: float, last: Path) -> None:
+        config = self.config
+        meta = {"mode": config.mode, "epoch": epoch, "iteration": self.iteration, "history": self.history,
+                "train_config": json.loads(json.dumps(config.to_dict())), "world_size": self.world,
+                "seconds": seconds, "command": " ".join(sys.argv)}
+        state = {"optimizer": self.optimizer.state_dict(), "epoch": epoch, "iteration": self.iteration,
+                 "torch_rng": torch.get_rng_state()}
+        save_checkpoint(last.with_name(f"epoch_{epoch}.pt"), self.model, config.model, self.dataset.class_names,
+                        meta, state)
+        save_checkpoint(last, self.model, config.model, self.dataset.class_names, meta, state)
+
+
+def train(config: TrainConfig, resume: str | os.PathLike | None = None, progress: bool = True) -> Path:
+    """Runs training (Trainer), resumed from `resume` if given; writes `epoch_<k>.pt` and
+    `last.pt` checkpoints into config.out. Returns the path of the last checkpoint."""
+    trainer = Trainer(config, progress)
+    if resume:
+        trainer.resume(resume)
+    return trainer.run()
