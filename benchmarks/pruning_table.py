@@ -9,15 +9,18 @@ sparsity is measured). Columns: float AP and AP50 on the val split, the INT8 IR'
 its gzip size (NNCF post-training INT8, the mask path kept float and binary), GMAC, GMAC* (zero
 activations skipped) and GMAC* with weight zeros also skipped (models.accounting), and the INT8
 latency ratio to the unpruned INT8 model (interleaved rounds, median of the per-round ratios).
+`--plot` draws AP against the gzip size and against the INT8 latency (the README's figure),
+`--json` keeps the rows.
 """
 from __future__ import annotations
 
 import argparse
 import gzip
+import json
 import os
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -142,6 +145,42 @@ def format_rows(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+MARKERS = {"unpruned": "*", "one-shot": "x", "checkpoint": "o"}
+
+
+def plot_rows(rows: list[Row], path: Path, title: str) -> Path:
+    """AP vs INT8 gzip size (x of the unpruned) and AP vs INT8 latency (x of the unpruned), one
+    point per row, marked by kind and labelled; written atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from babo_edge.files import atomic_write
+
+    ref = rows[0]
+    figure = Figure(figsize=(11, 4.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    panels = figure.subplots(1, 2, sharey=True)
+    for axes, (label, value) in zip(panels, [("INT8 gzip size (x unpruned)", lambda r: r.gzip_bytes / ref.gzip_bytes),
+                                             ("INT8 latency (x unpruned)", lambda r: r.latency_ratio)]):
+        for row in rows:
+            axes.scatter(value(row), row.ap, marker=MARKERS[row.kind], s=60, color="black" if row is ref else None)
+            axes.annotate(short_name(row), (value(row), row.ap), textcoords="offset points", xytext=(5, 4),
+                          fontsize=7)
+        axes.set_xlabel(label)
+        axes.grid(alpha=0.3)
+    panels[0].set_ylabel("AP (float model, val)")
+    figure.suptitle(title)
+    with atomic_write(path, "wb") as file:
+        figure.savefig(file, format="png", dpi=120)
+    return path
+
+
+def short_name(row: Row) -> str:
+    if row.kind == "unpruned":
+        return "unpruned"
+    return f"{row.name} (one-shot)" if row.kind == "one-shot" else Path(row.name).parent.name
+
+
 def prune_specs(text: str) -> list[PruneSpec]:
     try:
         return [PruneSpec.parse(part) for part in text.split(",") if part]
@@ -161,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=9, help="interleaved latency rounds")
     parser.add_argument("--calls", type=int, default=20, help="INT8 inferences per model per round")
     parser.add_argument("--threads", type=int, default=1, help="torch and OpenVINO threads")
+    parser.add_argument("--plot", type=Path, help="PNG of AP vs INT8 size and vs INT8 latency")
+    parser.add_argument("--json", type=Path, help="the rows as JSON")
     args = parser.parse_args(argv)
     import torch
 
@@ -172,6 +213,14 @@ def main(argv: list[str] | None = None) -> int:
                          calib_images=args.calib_images, rounds=args.rounds, calls=args.calls,
                          threads=args.threads)
     print(format_rows(rows))
+    if args.json:
+        from babo_edge.files import atomic_write
+        with atomic_write(args.json, "w") as file:
+            json.dump({"cpu": cpu_description(), "threads": args.threads, "rows": [asdict(r) for r in rows]}, file,
+                      indent=2)
+        print(f"written to {args.json}")
+    if args.plot:
+        print(f"drawn to {plot_rows(rows, args.plot, f'Pruning + INT8: {args.checkpoint.stem}')}")
     return 0
 
 
