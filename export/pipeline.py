@@ -219,6 +219,7 @@ class _Export:
             options={**asdict(options), "precisions": list(options.precisions)},
             tolerances={name: asdict(t) for name, t in TOLERANCES.items()},
             versions=tool_versions())
+        self.onnx_path = work / "model.onnx"
         self.irs: dict[str, Path] = {}
         self.models: dict[str, ov.Model] = {}
         self.runners: dict[str, Runner] = {}
@@ -247,8 +248,7 @@ class _Export:
 
     @_stage("onnx")
     def onnx(self) -> None:
-        self.onnx_path = export_onnx(self.model, self.input_hw, self.work / "model.onnx", self.options.dynamic_batch,
-                                     self.options.raw_outputs)
+        export_onnx(self.model, self.input_hw, self.onnx_path, self.options.dynamic_batch, self.options.raw_outputs)
 
     @_stage("convert")
     def convert(self) -> None:
