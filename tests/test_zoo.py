@@ -6,6 +6,7 @@ function of seed, split and index), so these run the shipped models on real val 
 from pathlib import Path
 
 import pytest
+import torch
 
 from babo_edge.calibration.synthetic import read_manifest
 from babo_edge.models.checkpoint import load_model
@@ -14,9 +15,10 @@ from babo_edge.train.evaluation import evaluate
 ZOO = Path(__file__).resolve().parents[1] / "models" / "zoo"
 VANILLA, BABO = ZOO / "vanilla-ssdlite-256.pt", ZOO / "babo-ssdlite-256.pt"
 BIDET = ZOO / "bidet-ssdlite-256.pt"
+PRUNED = ZOO / "pruned-channels50-ssdlite-256.pt"
 
 
-@pytest.mark.parametrize("path", [VANILLA, BABO, BIDET])
+@pytest.mark.parametrize("path", [VANILLA, BABO, BIDET, PRUNED])
 def test_zoo_checkpoints_load_and_match_the_builtin_classes(path, tiny_dataset):
     model, ckpt = load_model(path)
     assert ckpt.class_names == read_manifest(tiny_dataset)["class_names"]
@@ -45,3 +47,20 @@ def test_bidet_checkpoint_is_the_binarized_vanilla_detector():
     model, ckpt = load_model(BIDET)
     assert ckpt.config.binarize == "bireal" and ckpt.metadata["train_config"]["binarize"] == "bidet"
     assert len(binary_convs(model)) == 17  # the 1x1 expansions and head_conv (models/binary.py)
+
+
+def test_pruned_checkpoint_is_the_vanilla_detector_with_half_its_hidden_channels_removed():
+    """It rebuilds from its own widths (models/pruning.py): 50% of the prunable channels gone,
+    60% of the detector's parameters left, and no weight merely zeroed."""
+    model, ckpt = load_model(PRUNED)
+    vanilla, _ = load_model(VANILLA)
+    assert ckpt.metadata["train_config"]["prune"] == "channels:0.5" and ckpt.config.pruned_widths is not None
+    count = lambda m: sum(p.numel() for p in m.detector.parameters())  # noqa: E731
+    assert 0.55 < count(model) / count(vanilla) < 0.65
+    def depthwise_widths(m) -> list[int]:  # the hidden width of each inverted residual, in order
+        return [conv.out_channels for conv in m.detector.backbone.modules()
+                if isinstance(conv, torch.nn.Conv2d) and conv.groups > 1]
+    hidden, published = ckpt.config.pruned_widths["backbone"], depthwise_widths(vanilla)
+    assert depthwise_widths(model) == hidden and len(hidden) == len(published) == 17
+    # the first block has no expansion (t = 1) and is left whole; every other one keeps half
+    assert hidden == published[:1] + [width // 2 for width in published[1:]]
