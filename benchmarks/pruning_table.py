@@ -90,7 +90,6 @@ def pruning_table(base: Path, one_shot: list[PruneSpec], checkpoints: list[Path]
 
     from babo_edge.export.quantize import CalibrationImages
     from babo_edge.models.checkpoint import load_model
-    from babo_edge.models.pruning import prune_channels, prune_magnitude
     from babo_edge.runtime.detector import preprocess
     from babo_edge.runtime.latency import load_val_frames
     from babo_edge.runtime.timing import interleaved_medians
@@ -99,21 +98,15 @@ def pruning_table(base: Path, one_shot: list[PruneSpec], checkpoints: list[Path]
     rows, irs = [], []
     with tempfile.TemporaryDirectory(prefix="pruning-table-") as tmp:
         work = Path(tmp)
-        model, ckpt = load_model(base)
-        calibration = CalibrationImages(ckpt.config.input_size, calib_images)
+        input_size = tuple(load_model(base)[1].config.input_size)
+        calibration = CalibrationImages(input_size, calib_images)
         jobs = ([(f"{base} (unpruned)", "unpruned", None, base)]
                 + [(f"{s.method}:{s.ratio:g}:{s.scope}", "one-shot", s, base) for s in one_shot]
                 + [(str(path), "checkpoint", None, path) for path in checkpoints])
         for index, (name, kind, spec, path) in enumerate(jobs):
             print(f"[{index + 1}/{len(jobs)}] {name}", file=sys.stderr, flush=True)
-            model, ckpt = load_model(path)
-            config = ckpt.config
-            if spec is not None and spec.method == "magnitude":
-                prune_magnitude(model, spec.ratio, spec.scope)
-            elif spec is not None:
-                model, config = prune_channels(model, config, spec.ratio, spec.scope)
-            row, xml = measure_row(name, kind, spec, model, config,
-                                   ckpt.class_names, work, calibration, limit)
+            model, config, class_names = pruned(path, spec)
+            row, xml = measure_row(name, kind, spec, model, config, class_names, work, calibration, limit)
             rows.append(row)
             irs.append(xml)
         core = ov.Core()
@@ -121,13 +114,83 @@ def pruning_table(base: Path, one_shot: list[PruneSpec], checkpoints: list[Path]
         if threads:
             settings["INFERENCE_NUM_THREADS"] = threads
         requests = [core.compile_model(str(xml), "CPU", settings).create_infer_request() for xml in irs]
-        inputs = [{0: preprocess(frame, tuple(ckpt.config.input_size))} for frame in load_val_frames(16)]
+        inputs = [{0: preprocess(frame, input_size)} for frame in load_val_frames(16)]
         medians = interleaved_medians([r.infer for r in requests], inputs, rounds, calls)
     ratios = medians / medians[:, :1]
     for m, row in enumerate(rows):
         row.latency_ms = float(sorted(medians[:, m])[len(medians) // 2])
         row.latency_ratio = float(sorted(ratios[:, m])[len(ratios) // 2])
     return rows
+
+
+def pruned(path: Path, spec: PruneSpec | None):
+    """The model of a checkpoint with a one-shot pruning spec applied (None: as saved)."""
+    from babo_edge.models.checkpoint import load_model
+    from babo_edge.models.pruning import prune_channels, prune_magnitude
+
+    model, ckpt = load_model(path)
+    config = ckpt.config
+    if spec is not None and spec.method == "magnitude":
+        prune_magnitude(model, spec.ratio, spec.scope)
+    elif spec is not None:
+        model, config = prune_channels(model, config, spec.ratio, spec.scope)
+    return model, config, ckpt.class_names
+
+
+SWEEP_SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.8, 0.9)  # the paper's Table 1 columns
+
+
+def sparsity_sweep(base: Path, method: str = "magnitude", sparsities=SWEEP_SPARSITIES, *,
+                   scopes=("backbone", "heads", "all"), limit: int | None = None,
+                   calib_images: int = 100) -> dict[str, list[Row]]:
+    """The paper's Table 1: one-shot pruning of each scope at each ratio, every cell measured as in
+    the main table except latency (zero weights gain no time; channel rows are timed there)."""
+    import torch
+
+    from babo_edge.export.quantize import CalibrationImages
+    from babo_edge.models.checkpoint import load_model
+
+    torch.set_flush_denormal(True)
+    calibration = CalibrationImages(load_model(base)[1].config.input_size, calib_images)
+    cells = [(scope, PruneSpec(method, ratio, scope) if ratio else None)
+             for scope in scopes for ratio in (0.0, *sparsities)]
+    table: dict[str, list[Row]] = {scope: [] for scope in scopes}
+    with tempfile.TemporaryDirectory(prefix="pruning-sweep-") as tmp:
+        unpruned = None
+        for index, (scope, spec) in enumerate(cells):
+            name = f"{method}:{spec.ratio:g}:{scope}" if spec else f"{base} (unpruned)"
+            print(f"[{index + 1}/{len(cells)}] {name}", file=sys.stderr, flush=True)
+            if spec is None and unpruned is not None:
+                table[scope].append(unpruned)
+                continue
+            model, config, class_names = pruned(base, spec)
+            row = measure_row(name, "one-shot" if spec else "unpruned", spec, model, config, class_names,
+                              Path(tmp), calibration, limit)[0]
+            unpruned = unpruned or row
+            table[scope].append(row)
+    return table
+
+
+def format_sweep(table: dict[str, list[Row]]) -> str:
+    """The paper's Table 1 layout: one block per scope, a column per sparsity, a line per measure
+    (the paper's memory line is 4 bytes x parameters; ours is the measured INT8 file)."""
+    ref = next(iter(table.values()))[0]
+    lines = []
+    for scope, rows in table.items():
+        where = {"all": "the backbone and the heads"}.get(scope, f"the {scope}")
+        lines += [f"**pruned in {where}** ({rows[-1].method}, one-shot)", "",
+                  "| | " + " | ".join(f"{100 * r.sparsity:.0f}%" if r.kind != "unpruned" else "0%"
+                                       for r in rows) + " |",
+                  "|---|" + "---:|" * len(rows)]
+        measures = [("AP50", lambda r: f"{r.ap50:.1f}"), ("AP", lambda r: f"{r.ap:.1f}"),
+                    ("INT8 gzip MB", lambda r: f"{r.gzip_bytes / 1e6:.2f}"),
+                    ("INT8 .bin MB", lambda r: f"{r.bin_bytes / 1e6:.2f}"),
+                    ("non-zero weights x", lambda r: f"{r.nonzero_weights / ref.nonzero_weights:.2f}"),
+                    ("GMAC*", lambda r: f"{r.gmac_star:.3f}"),
+                    ("GMAC* w/ weight zeros", lambda r: f"{r.gmac_star_w:.3f}")]
+        lines += [f"| {label} | " + " | ".join(cell(r) for r in rows) + " |" for label, cell in measures]
+        lines.append("")
+    return "\n".join(lines)
 
 
 def format_rows(rows: list[Row]) -> str:
@@ -188,6 +251,16 @@ def prune_specs(text: str) -> list[PruneSpec]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def ratios(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(",") if part)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a comma list of ratios such as 0.1,0.5") from None
+    if not values or not all(0 < v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: every ratio must be in (0, 1)")
+    return values
+
+
 @run_cli(also=(ValueError, OSError))
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -200,6 +273,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=9, help="interleaved latency rounds")
     parser.add_argument("--calls", type=int, default=20, help="INT8 inferences per model per round")
     parser.add_argument("--threads", type=int, default=1, help="torch and OpenVINO threads")
+    parser.add_argument("--sweep", choices=("magnitude", "channels"),
+                        help="instead: the paper's Table 1, one-shot METHOD per scope x sparsity (no latency)")
+    parser.add_argument("--sparsities", type=ratios, default=SWEEP_SPARSITIES, metavar="LIST",
+                        help="comma list of --sweep ratios (default: the paper's 0.1..0.9)")
     parser.add_argument("--plot", type=Path, help="PNG of AP vs INT8 size and vs INT8 latency")
     parser.add_argument("--json", type=Path, help="the rows as JSON")
     args = parser.parse_args(argv)
@@ -209,10 +286,18 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     print(f"CPU: {cpu_description()}; threads {args.threads}")
-    rows = pruning_table(args.checkpoint, args.one_shot, args.rows, limit=args.limit,
-                         calib_images=args.calib_images, rounds=args.rounds, calls=args.calls,
-                         threads=args.threads)
-    print(format_rows(rows))
+    if args.sweep:
+        if args.plot or args.one_shot or args.rows:
+            parser.error("--sweep makes its own cells; it takes no --one-shot, --rows or --plot")
+        table = sparsity_sweep(args.checkpoint, args.sweep, args.sparsities, limit=args.limit,
+                               calib_images=args.calib_images)
+        print(format_sweep(table))
+        rows = [row for scope_rows in table.values() for row in scope_rows]
+    else:
+        rows = pruning_table(args.checkpoint, args.one_shot, args.rows, limit=args.limit,
+                             calib_images=args.calib_images, rounds=args.rounds, calls=args.calls,
+                             threads=args.threads)
+        print(format_rows(rows))
     if args.json:
         from babo_edge.files import atomic_write
         with atomic_write(args.json, "w") as file:
