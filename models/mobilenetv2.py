@@ -62,10 +62,12 @@ class MobileNetV2(nn.Module):
     def __init__(self, width: float = 1.0, hidden_widths: list[int] | None = None):
         super().__init__()
         channels = make_divisible(32 * width)
-        self.stem = ConvNormAct(3, channels, 3, 2)
         blocks_total = sum(n for _, _, n, _ in BOTTLENECK_SETTINGS)
         if hidden_widths is not None and len(hidden_widths) != blocks_total:
             raise ValueError(f"{len(hidden_widths)} hidden widths for {blocks_total} blocks")
+        if hidden_widths is not None and BOTTLENECK_SETTINGS[0][0] == 1:
+            channels = hidden_widths[0]  # the t=1 block's hidden channels are the stem output
+        self.stem = ConvNormAct(3, channels, 3, 2)
         hidden_iter = iter(hidden_widths or [None] * blocks_total)
         stages = []
         for t, c, n, s in BOTTLENECK_SETTINGS:

@@ -7,20 +7,19 @@
 - `channels`: L2-norm unit pruning that physically removes channels (MobileNetV2-SSDLite
   only), ranked by the L2 norm of each channel's column in the 1x1 conv that consumes it:
   * the hidden channels of each inverted residual: expansion out, depthwise and projection
-    in are one group, so the residual adds (block outputs) keep their width. The SSDLite
-    tap on stages[5][0]'s expansion output feeds head level 0, whose depthwise + 1x1
-    branches shrink with it;
+    in are one group, so the residual adds (block outputs) keep their width. The t=1 block
+    of stage1 has no expansion: its hidden channels are the stem's output, so the stem
+    conv is its expansion. The SSDLite tap on stages[5][0]'s expansion output feeds head
+    level 0, whose depthwise + 1x1 branches shrink with it;
   * the middle ('half') channels of each SSDLite extra level (1x1 -> dw -> 1x1).
-  Not prunable: the t=1 block of stage1 (its hidden channels are the stem output), every
-  block output, the final 1x1 conv and the extra levels' outputs (they are residual inputs
-  or head inputs, shared by several consumers), and the head branches (a depthwise conv on
+  Not prunable: every block output, the final 1x1 conv and the extra levels' outputs (they
+  are residual inputs or head inputs, shared by several consumers), and the head branches (a depthwise conv on
   the feature, then the 1x1 predictor whose outputs are anchors x classes: no inner width).
   VGG16-SSD512 and RetinaNet builders have no per-layer widths, so channels refuses them.
 The mask path and the OMG are never pruned: the mask must stay the trained binary mask.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -28,6 +27,7 @@ from torch import nn
 
 from babo_edge.models.builders import ModelConfig, build_model
 from babo_edge.models.detector import BABODetector
+from babo_edge.models.layers import make_divisible
 
 SCOPES = ("backbone", "heads", "all")  # train.options.PRUNE_SCOPES (a test checks)
 
@@ -113,8 +113,10 @@ def _groups(model: BABODetector, scope: str) -> tuple[list[tuple[str, int, _Grou
         for s, stage in enumerate(det.backbone.stages):
             for b, block in enumerate(stage):
                 p = f"detector.backbone.stages.{s}.{b}."
-                if not isinstance(block.expand, nn.Identity):
-                    out_convs, norms = [p + "expand.0", p + "depthwise.0"], [p + "expand.1", p + "depthwise.1"]
+                expand = p + "expand" if not isinstance(block.expand, nn.Identity) else (
+                    "detector.backbone.stem" if index == 0 else None)
+                if expand is not None:
+                    out_convs, norms = [expand + ".0", p + "depthwise.0"], [expand + ".1", p + "depthwise.1"]
                     in_convs = [p + "project.0"]
                     if s == 5 and b == 0:  # the SSDLite tap: head level 0 reads this tensor
                         for branch in ("cls", "box"):
@@ -140,8 +142,10 @@ def published_widths(model: BABODetector) -> dict[str, list[int]]:
 
 
 def kept_channels(channels: int, ratio: float) -> int:
-    """Channels left after pruning `ratio` of them (rounded, at least one)."""
-    return max(1, math.floor(channels * (1 - ratio) + 0.5))
+    """Channels left after pruning `ratio` of them, rounded to a multiple of 8 as the builder
+    rounds every MobileNetV2 width: int8 kernels block channels by 8-64, so an odd width costs
+    the time of the next block up."""
+    return min(channels, make_divisible(channels * (1 - ratio)))
 
 
 @torch.no_grad()

@@ -66,8 +66,7 @@ def test_channels_removes_the_lowest_norm_hidden_channels(model):
     assert new.hidden_channels == pruning.kept_channels(hidden, 0.5) == hidden // 2
     assert torch.equal(new.project[0].weight, project) and torch.equal(new.depthwise[0].weight, depthwise)
     published = pruning.published_widths(model)
-    assert config.pruned_widths["backbone"][0] == published["backbone"][0]  # t=1 block kept
-    assert config.pruned_widths["backbone"][1:] == [pruning.kept_channels(h, 0.5) for h in published["backbone"][1:]]
+    assert config.pruned_widths["backbone"] == [pruning.kept_channels(h, 0.5) for h in published["backbone"]]
     assert config.pruned_widths["extras"] == [pruning.kept_channels(h, 0.5) for h in published["extras"]]
     tap = pruned.detector.backbone.tap_channels[0]
     assert tap == config.pruned_widths["backbone"][13]  # stages[5][0]: head level 0 shrinks with it
@@ -78,6 +77,22 @@ def test_channels_removes_the_lowest_norm_hidden_channels(model):
     assert pruned(x).cls_logits.shape == model(x).cls_logits.shape
     assert sum(p.numel() for p in pruned.detector.backbone.stages.parameters()) < 0.6 * sum(
         p.numel() for p in model.detector.backbone.stages.parameters())
+
+
+def test_channels_prunes_the_stem_as_the_t1_blocks_expansion(model):
+    """Block 0 has no expansion conv: the stem's output channels are its hidden channels."""
+    backbone, block = model.detector.backbone, model.detector.backbone.stages[0][0]
+    norms = block.project[0].weight.transpose(0, 1).flatten(1).norm(dim=1)
+    kept = pruning.kept_channels(block.hidden_channels, 0.5)
+    expected = torch.argsort(norms, descending=True)[:kept].sort().values
+    pruned, config = pruning.prune_channels(model, CONFIG, 0.5)
+    new_backbone = pruned.detector.backbone
+    assert config.pruned_widths["backbone"][0] == kept == block.hidden_channels // 2
+    assert new_backbone.stem[0].out_channels == kept == new_backbone.stages[0][0].depthwise[0].groups
+    assert torch.equal(new_backbone.stem[0].weight, backbone.stem[0].weight[expected])
+    assert torch.equal(new_backbone.stem[1].running_var, backbone.stem[1].running_var[expected])
+    assert torch.equal(new_backbone.stages[0][0].project[0].weight, block.project[0].weight[:, expected])
+    assert isinstance(new_backbone.stages[0][0].expand, torch.nn.Identity)
 
 
 def test_channels_scope_backbone_keeps_extras(model):
@@ -233,3 +248,27 @@ def test_interleaved_rounds_rotate_the_model_order():
     timed = [m for m, _ in order[3 * WARMUP_RUNS:]][::2]  # one entry per (round, model)
     assert timed == [0, 1, 2, 1, 2, 0, 2, 0, 1]
     assert [item for _, item in order[3 * WARMUP_RUNS:3 * WARMUP_RUNS + 2]] == ["a", "b"]
+
+
+def test_sweep_table_has_the_papers_layout():
+    """benchmarks/pruning_table.py --sweep: one block per scope, a column per measured sparsity,
+    sizes and weights relative to the unpruned cell."""
+    from benchmarks.pruning_table import Row, format_sweep, ratios
+
+    def row(scope, sparsity, ap50, gzip_bytes, nonzero):
+        kind = "unpruned" if sparsity == 0 else "one-shot"
+        return Row(name="x", kind=kind, method="magnitude", scope=scope, sparsity=sparsity, nonzero_weights=nonzero,
+                   ap=ap50 / 2, ap50=ap50, bin_bytes=3_000_000, gzip_bytes=gzip_bytes, gmac=0.4, gmac_star=0.3,
+                   gmac_star_w=0.3 * nonzero / 100)
+    base = row("-", 0.0, 42.0, 3_000_000, 100)
+    table = format_sweep({"backbone": [base, row("backbone", 0.5, 40.0, 2_500_000, 65)],
+                          "all": [base, row("all", 0.9, 1.0, 800_000, 10)]}).splitlines()
+    assert table[0] == "**pruned in the backbone** (magnitude, one-shot)"
+    assert table[2] == "| | 0% | 50% |" and table[4] == "| AP50 | 42.0 | 40.0 |"
+    assert "| INT8 gzip MB | 3.00 | 2.50 |" in table and "| non-zero weights x | 1.00 | 0.65 |" in table
+    second = table.index("**pruned in the backbone and the heads** (magnitude, one-shot)")
+    assert table[second + 2] == "| | 0% | 90% |" and "| GMAC* w/ weight zeros | 0.300 | 0.030 |" in table[second:]
+    assert ratios("0.1,0.5") == (0.1, 0.5)
+    for bad in ("0.5,x", "0,0.5", "1.5", ""):
+        with pytest.raises(Exception, match="ratio"):
+            ratios(bad)
