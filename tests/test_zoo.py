@@ -62,5 +62,5 @@ def test_pruned_checkpoint_is_the_vanilla_detector_with_half_its_hidden_channels
                 if isinstance(conv, torch.nn.Conv2d) and conv.groups > 1]
     hidden, published = ckpt.config.pruned_widths["backbone"], depthwise_widths(vanilla)
     assert depthwise_widths(model) == hidden and len(hidden) == len(published) == 17
-    # the first block has no expansion (t = 1) and is left whole; every other one keeps half
-    assert hidden == published[:1] + [width // 2 for width in published[1:]]
+    assert hidden == [width // 2 for width in published]  # block 0's hidden channels are the stem's
+    assert model.detector.backbone.stem[0].out_channels == hidden[0] == 16
