@@ -25,6 +25,9 @@ class SSDPriorConfig:
     min_sizes: tuple[float, ...]
     max_sizes: tuple[float, ...]
     ratios: tuple[tuple[float, ...], ...]
+    # Distance between prior centres per level as a fraction of the input side; None: the
+    # input size over the feature-map size (MMDetection's SSD300 rounds these: 8, 16, 32, 64, 100, 300).
+    strides: tuple[float, ...] | None = None
 
     def anchors_per_location(self) -> list[int]:
         return [2 + 2 * len(r) for r in self.ratios]
@@ -42,19 +45,35 @@ def ssdlite_priors(first_min_size: float | None = None) -> SSDPriorConfig:
     )
 
 
-def ssd512_priors() -> SSDPriorConfig:
-    """MMDetection's SSD512 priors: base size ratio range (0.1, 0.9) over 7 levels, sizes
-    truncated to whole pixels at 512 as MMDetection does (20, 51, 133, ... px)."""
-    side, min_ratio, max_ratio, levels = 512, 10, 90, 7
+def _mmdet_ssd_priors(side: int, min_ratio: int, first: tuple[int, int], levels: int,
+                      ratios: tuple[tuple[float, ...], ...], strides: tuple[int, ...] | None = None) -> SSDPriorConfig:
+    """MMDetection's `SSDAnchorGenerator` sizes: base size ratios from `min_ratio`% to 90% of
+    the side over levels 2.., the first level's (min, max) given in %, all truncated to whole
+    pixels at `side` as MMDetection does."""
+    max_ratio = 90
     step = (max_ratio - min_ratio) // (levels - 2)
-    ratios = range(min_ratio, max_ratio + 1, step)
-    mins = [int(side * 4 / 100)] + [int(side * r / 100) for r in ratios]
-    maxs = [int(side * 10 / 100)] + [int(side * (r + step) / 100) for r in ratios]
+    steps = range(min_ratio, max_ratio + 1, step)
+    mins = [int(side * first[0] / 100)] + [int(side * r / 100) for r in steps]
+    maxs = [int(side * first[1] / 100)] + [int(side * (r + step) / 100) for r in steps]
     return SSDPriorConfig(
         min_sizes=tuple(m / side for m in mins),
         max_sizes=tuple(m / side for m in maxs),
-        ratios=((2,), (2, 3), (2, 3), (2, 3), (2, 3), (2,), (2,)),
+        ratios=ratios,
+        strides=None if strides is None else tuple(s / side for s in strides),
     )
+
+
+def ssd300_priors() -> SSDPriorConfig:
+    """MMDetection's SSD300 priors: base size ratio range (0.15, 0.9) over 6 levels (21, 45, 99,
+    ... px), its rounded strides (8, 16, 32, 64, 100, 300 px): the 8732 priors of the SSD paper."""
+    return _mmdet_ssd_priors(300, 15, (7, 15), 6, ((2,), (2, 3), (2, 3), (2, 3), (2,), (2,)),
+                             strides=(8, 16, 32, 64, 100, 300))
+
+
+def ssd512_priors() -> SSDPriorConfig:
+    """MMDetection's SSD512 priors: base size ratio range (0.1, 0.9) over 7 levels (20, 51, 133,
+    ... px); strides are the input over the feature-map size (8 .. 512)."""
+    return _mmdet_ssd_priors(512, 10, (4, 10), 7, ((2,), (2, 3), (2, 3), (2, 3), (2, 3), (2,), (2,)))
 
 
 def _grid_centers(feature_hw: tuple[int, int], step_hw: tuple[float, float], offset: float) -> torch.Tensor:
@@ -80,8 +99,12 @@ def ssd_priors(config: SSDPriorConfig, feature_hws: list[tuple[int, int]],
         raise ValueError(f"{len(feature_hws)} feature maps for {len(config.min_sizes)} prior levels")
     side = min(image_hw)
     out = []
-    for hw, smin, smax, ratios in zip(feature_hws, config.min_sizes, config.max_sizes, config.ratios):
-        step = (image_hw[0] / hw[0], image_hw[1] / hw[1])
+    for level, (hw, smin, smax, ratios) in enumerate(zip(feature_hws, config.min_sizes, config.max_sizes,
+                                                         config.ratios)):
+        if config.strides is None:
+            step = (image_hw[0] / hw[0], image_hw[1] / hw[1])
+        else:
+            step = (config.strides[level] * image_hw[0], config.strides[level] * image_hw[1])
         lo, big = smin * side, math.sqrt(smin * smax) * side
         sizes = [(lo, lo), (big, big)]
         for r in ratios:

@@ -11,7 +11,8 @@ from typing import Callable
 
 from torch import nn
 
-from babo_edge.models.anchors import BoxCoder, retinanet_anchors, ssd512_priors, ssd_priors, ssdlite_priors
+from babo_edge.models.anchors import (BoxCoder, SSDPriorConfig, retinanet_anchors, ssd300_priors, ssd512_priors,
+                                      ssd_priors, ssdlite_priors)
 from babo_edge.models.binary import binarize
 from babo_edge.models.detector import BABODetector, SingleShotDetector
 from babo_edge.models.fast_scnn import FastSCNN
@@ -19,7 +20,7 @@ from babo_edge.models.mobilenetv2 import MobileNetV2
 from babo_edge.models.postprocess import PostprocessConfig
 from babo_edge.models.retinanet import FPN, ResNet, RetinaHead
 from babo_edge.models.ssd import SSDHead, SSDLiteExtras
-from babo_edge.models.vgg_ssd import SSD512_EXTRA_LEVELS, SSDNeck, SSDVGG16
+from babo_edge.models.vgg_ssd import SSD300_EXTRA_LEVELS, SSD512_EXTRA_LEVELS, SSDNeck, SSDVGG16, scaled_extra_levels
 
 SSDLITE_EXTRA_DEPTHS = (512, 256, 256, 128)
 IMAGENET_MEAN = (123.675, 116.28, 103.53)  # RGB, 0..255: the normalisation of every backbone here
@@ -90,19 +91,30 @@ def mnv2_ssdlite(config: ModelConfig) -> SingleShotDetector:
 # --- heavy detectors of the paper's Table 5 (MMDetection 2.x configs) ----------------------
 
 
-def vgg16_ssd512(config: ModelConfig) -> SingleShotDetector:
-    """MMDetection's ssd512_coco: VGG16 + L2Norm + five extra levels, plain 3x3 SSD heads,
-    softmax over classes + background. Meant for 512x512 inputs (feature maps 64..1); sides
-    below ~264 px fail, as the last level's 4x4 conv needs a 2x2 map. The width multiplier
-    does not apply. MMDetection normalises this model with std (1, 1, 1)."""
-    backbone = SSDVGG16()
-    neck = SSDNeck(backbone.out_channels, SSD512_EXTRA_LEVELS)
-    priors = ssd512_priors()
+def _vgg16_ssd(config: ModelConfig, extra_levels: tuple[tuple[int, int, int, int], ...],
+               priors: SSDPriorConfig) -> SingleShotDetector:
+    backbone = SSDVGG16(config.width)
+    neck = SSDNeck(backbone.out_channels, scaled_extra_levels(extra_levels, config.width))
     head = SSDHead(neck.out_channels, priors.anchors_per_location(), config.num_classes + 1,
                    depthwise=False)
     return SingleShotDetector(backbone, neck, head, partial(ssd_priors, priors),
                               BoxCoder((0.1, 0.1, 0.2, 0.2)), "softmax", config.num_classes,
                               priors.anchors_per_location())
+
+
+def vgg16_ssd300(config: ModelConfig) -> SingleShotDetector:
+    """MMDetection's ssd300_coco (the SSD and BiDet papers' VGG16 case): VGG16 + L2Norm + four
+    extra levels, plain 3x3 SSD heads, softmax over classes + background, 8732 priors at
+    300x300 (feature maps 38..1); sides of 256 px or less fail (the last level's unpadded 3x3
+    conv needs a 3x3 map). The width multiplier scales the trunk and the neck (1.0: the published
+    network). MMDetection normalises this model with std (1, 1, 1)."""
+    return _vgg16_ssd(config, SSD300_EXTRA_LEVELS, ssd300_priors())
+
+
+def vgg16_ssd512(config: ModelConfig) -> SingleShotDetector:
+    """MMDetection's ssd512_coco: as `vgg16_ssd300` with five extra levels for 512x512 inputs
+    (feature maps 64..1); sides below ~264 px fail, as the last level's 4x4 conv needs a 2x2 map."""
+    return _vgg16_ssd(config, SSD512_EXTRA_LEVELS, ssd512_priors())
 
 
 def retinanet_r101(config: ModelConfig) -> SingleShotDetector:
@@ -117,6 +129,7 @@ def retinanet_r101(config: ModelConfig) -> SingleShotDetector:
 
 DETECTORS: dict[str, Callable[[ModelConfig], SingleShotDetector]] = {
     "mnv2-ssdlite": mnv2_ssdlite,
+    "vgg16-ssd300": vgg16_ssd300,
     "vgg16-ssd512": vgg16_ssd512,
     "retinanet-r101": retinanet_r101,
 }

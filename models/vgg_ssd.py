@@ -1,8 +1,11 @@
-"""VGG16-SSD512 as MMDetection 2.x defines it (configs/ssd/ssd512_coco.py), in plain torch.nn.
+"""VGG16-SSD300 and VGG16-SSD512 as MMDetection 2.x defines them (configs/ssd/ssd300_coco.py,
+ssd512_coco.py), in plain torch.nn.
 
 Backbone = MMDetection's `SSDVGG` (depth 16, ceil-mode pools, no pool after conv5, then
-pool5 3x3/1, dilated fc6 and 1x1 fc7); neck = `SSDNeck` for 512 (L2Norm on conv4_3 and five
-extra levels); the head is `models.ssd.SSDHead` with plain 3x3 predictors.
+pool5 3x3/1, dilated fc6 and 1x1 fc7); neck = `SSDNeck` (L2Norm on conv4_3 and four extra
+levels for 300, five for 512); the head is `models.ssd.SSDHead` with plain 3x3 predictors.
+A width multiplier (1.0 = the published network) scales every trunk and neck channel, for a
+VGG16-SSD narrow enough to train on a CPU.
 
 Layers are named after the VGG paper (block1..block5 holding conv1_1..conv5_3, then fc) so
 that per-block reports read `backbone.block4`, `backbone.fc`, `neck.extra_levels.0`, ...
@@ -18,8 +21,20 @@ from torch import nn
 
 # Convs per VGG16 block and their width (Simonyan & Zisserman, configuration D).
 VGG16_BLOCKS = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
-# SSDNeck of ssd512_coco.py: (channels, stride, padding, kernel) of every extra level's 2nd conv.
+# SSDNeck of ssd300_coco.py / ssd512_coco.py: (channels, stride, padding, kernel) of every extra
+# level's 2nd conv.
+SSD300_EXTRA_LEVELS = ((512, 2, 1, 3), (256, 2, 1, 3), (256, 1, 0, 3), (256, 1, 0, 3))
 SSD512_EXTRA_LEVELS = ((512, 2, 1, 3), (256, 2, 1, 3), (256, 2, 1, 3), (256, 2, 1, 3), (256, 1, 1, 4))
+
+
+def scaled_channels(channels: int, width: float) -> int:
+    """`channels` x `width`, rounded to a multiple of 8 (at least 8), as MobileNet's builders do."""
+    return channels if width == 1.0 else max(8, int(channels * width / 8 + 0.5) * 8)
+
+
+def scaled_extra_levels(levels: tuple[tuple[int, int, int, int], ...],
+                        width: float) -> tuple[tuple[int, int, int, int], ...]:
+    return tuple((scaled_channels(c, width), stride, pad, kernel) for c, stride, pad, kernel in levels)
 
 
 def _vgg_block(index: int, in_channels: int, out_channels: int, convs: int) -> nn.Sequential:
@@ -38,19 +53,20 @@ def _vgg_block(index: int, in_channels: int, out_channels: int, convs: int) -> n
 class SSDVGG16(nn.Module):
     """VGG16 trunk of SSD: returns conv4_3 (after ReLU, stride 8) and fc7 (stride 16)."""
 
-    out_channels = (512, 1024)
-
-    def __init__(self):
+    def __init__(self, width: float = 1.0):
         super().__init__()
         in_channels = 3
-        for index, (convs, width) in enumerate(VGG16_BLOCKS, start=1):
-            setattr(self, f"block{index}", _vgg_block(index, in_channels, width, convs))
-            in_channels = width
+        for index, (convs, channels) in enumerate(VGG16_BLOCKS, start=1):
+            channels = scaled_channels(channels, width)
+            setattr(self, f"block{index}", _vgg_block(index, in_channels, channels, convs))
+            in_channels = channels
+        fc = scaled_channels(1024, width)
+        self.out_channels = (in_channels, fc)
         self.fc = nn.Sequential(OrderedDict(
             pool5=nn.MaxPool2d(3, 1, padding=1),
-            fc6=nn.Conv2d(512, 1024, 3, padding=6, dilation=6),
+            fc6=nn.Conv2d(in_channels, fc, 3, padding=6, dilation=6),
             relu6=nn.ReLU(inplace=True),
-            fc7=nn.Conv2d(1024, 1024, 1),
+            fc7=nn.Conv2d(fc, fc, 1),
             relu7=nn.ReLU(inplace=True),
         ))
 

@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from babo_edge.models.anchors import BoxCoder, retinanet_anchors, ssd512_priors, ssd_priors, ssdlite_priors
+from babo_edge.models.anchors import (BoxCoder, retinanet_anchors, ssd300_priors, ssd512_priors, ssd_priors,
+                                      ssdlite_priors)
 from babo_edge.models.builders import ModelConfig, build_model
 
 
@@ -69,6 +70,20 @@ def test_box_coder_round_trip(variances):
     # variances scale the regression targets
     assert torch.allclose(BoxCoder((1, 1, 1, 1)).encode(boxes, anchors) / torch.tensor(variances),
                           BoxCoder(variances).encode(boxes, anchors), atol=1e-5)
+
+
+def test_ssd300_priors_are_mmdetections_sizes_and_rounded_strides():
+    cfg = ssd300_priors()
+    assert [round(s * 300) for s in cfg.min_sizes] == [21, 45, 99, 153, 207, 261]
+    assert [round(s * 300) for s in cfg.max_sizes] == [45, 99, 153, 207, 261, 315]
+    assert cfg.anchors_per_location() == [4, 6, 6, 6, 4, 4]
+    hws = [(38, 38), (19, 19), (10, 10), (5, 5), (3, 3), (1, 1)]
+    anchors = ssd_priors(cfg, hws, (300, 300))
+    centres = (anchors[:, :2] + anchors[:, 2:]) / 2
+    # Level 0 steps 8 px, not 300 / 38: centres 4, 12, ..., 300; level 4 steps 100 px: 50, 150, 250.
+    assert centres[0].tolist() == [4.0, 4.0] and centres[4 * 37].tolist() == [300.0, 4.0]
+    level4 = centres[38 * 38 * 4 + (19 * 19 + 10 * 10 + 5 * 5) * 6:][: 9 * 4: 4]
+    assert sorted({x for x, _ in level4.tolist()}) == [50.0, 150.0, 250.0]
 
 
 def test_ssd512_prior_sizes_are_mmdetections():

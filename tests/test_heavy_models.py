@@ -1,8 +1,8 @@
-"""VGG16-SSD512 and RetinaNet-R101-FPN (the paper's heavy detectors, MMDetection 2.x configs).
+"""VGG16-SSD300/512 and RetinaNet-R101-FPN (the papers' heavy detectors, MMDetection 2.x configs).
 
 Full-size shape checks run on the meta device (shapes only, no arithmetic); real forward passes
 use small inputs. VGG16-SSD512 cannot go below ~264 px: its last extra level is a 4x4 conv
-that needs a 2x2 map, so its small size is 320x320.
+that needs a 2x2 map, so its small size is 320x320; VGG16-SSD300 needs more than 256 px.
 """
 from __future__ import annotations
 
@@ -15,10 +15,12 @@ from babo_edge.models.builders import ModelConfig, build_detector, build_model
 from babo_edge.models.retinanet import ResNet
 from babo_edge.models.vgg_ssd import SSDVGG16
 
-SMALL_SIZES = {"vgg16-ssd512": (320, 320), "retinanet-r101": (160, 224)}
+SMALL_SIZES = {"vgg16-ssd300": (264, 264), "vgg16-ssd512": (320, 320), "retinanet-r101": (160, 224)}
 
 # arch: (input (H, W), feature-map sizes, anchors per location, class outputs per anchor)
 FULL_SIZE_LAYOUT = {
+    "vgg16-ssd300": ((300, 300), [(38, 38), (19, 19), (10, 10), (5, 5), (3, 3), (1, 1)],
+                     [4, 6, 6, 6, 4, 4], 81),
     "vgg16-ssd512": ((512, 512), [(64, 64), (32, 32), (16, 16), (8, 8), (4, 4), (2, 2), (1, 1)],
                      [4, 6, 6, 6, 6, 4, 4], 81),
     "retinanet-r101": ((800, 1216), [(100, 152), (50, 76), (25, 38), (13, 19), (7, 10)],
@@ -126,6 +128,20 @@ def test_ssd_vgg16_parameters_match_torchvision_vgg16_convs_plus_fc6_fc7():
     fc6 = 512 * 1024 * 9 + 1024
     fc7 = 1024 * 1024 + 1024
     assert _count(SSDVGG16()) == vgg16_convs + fc6 + fc7 == 20_483_904
+
+
+def test_vgg16_ssd300_has_the_ssd_papers_8732_priors_and_its_width_multiplier_scales_trunk_and_neck():
+    detector = build_detector(ModelConfig(arch="vgg16-ssd300", input_size=(300, 300)))
+    assert detector.anchors([(38, 38), (19, 19), (10, 10), (5, 5), (3, 3), (1, 1)], (300, 300)).shape == (8732, 4)
+    narrow = build_detector(ModelConfig(arch="vgg16-ssd300", width=0.25, input_size=(300, 300)))
+    widths = [m.out_channels for m in narrow.backbone.modules() if isinstance(m, nn.Conv2d)]
+    assert widths == [16] * 2 + [32] * 2 + [64] * 3 + [128] * 6 + [256] * 2
+    assert narrow.neck.out_channels == (128, 256, 128, 64, 64, 64)
+    # Trunk parameters, by hand: 3x3 convs with bias, then fc6 (3x3, 128 -> 256) and fc7 (1x1).
+    convs = [(3, 16), (16, 16), (16, 32), (32, 32), (32, 64), (64, 64), (64, 64),
+             (64, 128), (128, 128), (128, 128), (128, 128), (128, 128), (128, 128)]
+    expected = sum(i * o * 9 + o for i, o in convs) + (128 * 256 * 9 + 256) + (256 * 256 + 256)
+    assert _count(narrow.backbone) == expected
 
 
 def test_fpn_and_retina_head_parameters_match_detectron2():
