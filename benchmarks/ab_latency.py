@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 
-from babo_edge.runtime.detector import preprocess
+from babo_edge.runtime.detector import binary_safe_properties, preprocess
 from babo_edge.runtime.latency import load_val_frames
 from babo_edge.runtime.timing import interleaved_medians
 
@@ -72,16 +72,23 @@ def main(argv: list[str] | None = None) -> int:
         config["INFERENCE_NUM_THREADS"] = args.threads
     if args.precision_hint:
         config["INFERENCE_PRECISION_HINT"] = args.precision_hint
-    requests = [core.compile_model(str(xml), "CPU", config).create_infer_request() for xml in args.xml]
+    # As the runtime's Detector compiles: an IR with BinaryConvolution gets the f32 hint when none is given.
+    compiled = []
+    for xml in args.xml:
+        model = core.read_model(xml)
+        compiled.append(core.compile_model(model, "CPU", binary_safe_properties(model, "CPU", config)))
+    requests = [c.create_infer_request() for c in compiled]
     hw = tuple(requests[0].model_inputs[0].get_partial_shape().to_shape())[2:]
     inputs = [preprocess(frame, hw) for frame in load_val_frames(args.frames)]
     medians = interleaved_medians([request.infer for request in requests],
                                   [{0: item} for item in inputs], args.rounds, args.calls)
     ratios = medians / medians[:, :1]
     print(f"{args.rounds} rounds x {args.calls} calls per model, config {config}")
-    print(f"{'model':<28} {'median ms':>9} {'spread ms':>13} {'x ref':>6} {'x ref spread':>13}")
+    print(f"{'model':<28} {'precision':>9} {'median ms':>9} {'spread ms':>13} {'x ref':>6} {'x ref spread':>13}")
     for m, name in enumerate(names):
-        print(f"{name:<28} {np.median(medians[:, m]):9.3f} {medians[:, m].min():6.3f}..{medians[:, m].max():<6.3f} "
+        precision = compiled[m].get_property("INFERENCE_PRECISION_HINT").to_string()
+        print(f"{name:<28} {str(precision):>9} {np.median(medians[:, m]):9.3f} "
+              f"{medians[:, m].min():6.3f}..{medians[:, m].max():<6.3f} "
               f"{np.median(ratios[:, m]):5.2f}x {ratios[:, m].min():5.2f}..{ratios[:, m].max():.2f}x")
     return 0
 
