@@ -28,6 +28,7 @@ from babo_edge.errors import BaboError
 from babo_edge.ir_metadata import DETECTIONS, MASK, RAW_OUTPUTS, IRMetadata, MetadataError
 from babo_edge.models.preprocess import to_model_input
 from babo_edge.runtime.devices import DeviceError, check_static_for_npu, resolve_device
+from babo_edge.runtime.lean_masks import drop_pointwise_masks
 from babo_edge.runtime.sparse import SparseError, SparseRunner
 
 HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
@@ -241,7 +242,7 @@ class Detector:
                  cache_dir: str | os.PathLike | None = None, num_requests: int = 0,
                  config: Mapping[str, Any] | None = None, score_threshold: float | None = None,
                  callback: Callback | None = None, core: ov.Core | None = None, keep_outputs: bool = False,
-                 execution: str = "dense"):
+                 execution: str = "dense", lean_masks: bool = True):
         """`model`: the .xml path of an IR, or an openvino.Model carrying the same model_info (see
         `from_model`). `config`: extra plugin properties, e.g. {"INFERENCE_PRECISION_HINT": "f32"}.
         `score_threshold`: default the IR's confidence_threshold. `keep_outputs`: results carry
@@ -251,7 +252,9 @@ class Detector:
         "auto" picks per frame, from latencies measured here and the previous frame's crop,
         the one dense graph or OMG first, then ROI or the dense detector ("dense" on a vanilla
         IR). OMG-first frames run in the caller's thread, asynchronous ones too (the crop
-        depends on the mask), and keep only the `detections` and `mask` outputs."""
+        depends on the mask), and keep only the `detections` and `mask` outputs. `lean_masks`:
+        the dense graph is compiled without the mask Multiplies that cannot change a detection
+        (runtime.lean_masks; the IR and `self.model` keep them); False compiles every one."""
         core = core or ov.Core()
         in_memory = isinstance(model, ov.Model)
         source = f"model {model.get_friendly_name()!r}" if in_memory else str(model)
@@ -261,10 +264,14 @@ class Detector:
         self.device = resolve_device(device, core)
         check_static_for_npu(self.model, self.device)
         properties = binary_safe_properties(self.model, self.device, compile_config(hint, cache_dir, config))
-        self._sparse = self._sparse_runner(execution, core, properties, source)
+        self._sparse = self._sparse_runner(execution, core, properties, source, lean_masks)
         self.execution = "dense" if self._sparse is None else execution
+        compiled_model = self.model
+        if lean_masks and self.info.mask_aware:
+            compiled_model = self.model.clone()
+            drop_pointwise_masks(compiled_model)
         try:
-            self.compiled = core.compile_model(self.model, self.device, properties)
+            self.compiled = core.compile_model(compiled_model, self.device, properties)
         except RuntimeError as e:
             raise DeviceError(f"cannot compile {source} for {self.device}: {openvino_message(e)}") from None
         self.score_threshold = self.info.confidence_threshold if score_threshold is None else score_threshold
@@ -285,7 +292,8 @@ class Detector:
         self._ready: deque[tuple[Any, Result]] = deque()
         self._errors: list[Exception] = []
 
-    def _sparse_runner(self, execution: str, core: ov.Core, config: dict, source: str) -> SparseRunner | None:
+    def _sparse_runner(self, execution: str, core: ov.Core, config: dict, source: str,
+                       lean_masks: bool) -> SparseRunner | None:
         """OMG-first execution, or None to run the one dense graph ("dense", or "auto" on a
         vanilla IR: nothing to skip)."""
         if execution not in EXECUTIONS:
@@ -298,7 +306,7 @@ class Detector:
             raise ModelError(f"{source}: {execution} execution needs mask-aware post-processing (model_info "
                              f"blacked_out_anchors = background); re-export it with export/to_ir.py")
         try:
-            return SparseRunner(self.model, self.input_hw, core, self.device, config, execution)
+            return SparseRunner(self.model, self.input_hw, core, self.device, config, execution, lean_masks=lean_masks)
         except SparseError as e:
             raise ModelError(f"{source}: cannot run {execution}: {e}") from None
         except RuntimeError as e:

@@ -35,6 +35,7 @@ import openvino.opset13 as ops
 
 from babo_edge.errors import BaboError
 from babo_edge.ir_metadata import DETECTIONS, MASK
+from babo_edge.runtime.lean_masks import drop_pointwise_masks
 ROI_STRIDE = 32
 CONVOLUTIONS = ("Convolution", "GroupConvolution")
 # Ops whose output at a location reads only that location (convs: the aligned window of the
@@ -329,18 +330,26 @@ class SparseRunner:
     models are compiled on first use of their size (a CACHE_DIR in `config` keeps them)."""
 
     def __init__(self, model: ov.Model, input_hw: tuple[int, int], core: ov.Core, device: str, config: dict,
-                 execution: str, repeats: int = 20):
+                 execution: str, repeats: int = 20, lean_masks: bool = True):
         self.plan = SparsePlan(model, input_hw)
         self.core, self.device, self.config = core, device, config
         self.execution = execution
+        self.lean_masks = lean_masks
         self._omg = core.compile_model(self.plan.omg, device, config).create_infer_request()
         self._mask = self._omg.get_tensor(MASK)
-        self._detector = self._with_mask(core.compile_model(self.plan.detector, device, config).create_infer_request())
+        self._detector = self._with_mask(self._compile(self.plan.detector).create_infer_request())
         self._rois: dict[tuple[int, int], ov.InferRequest] = {}
-        self._full = core.compile_model(self.plan.dense, device, config).create_infer_request() \
-            if execution == "auto" else None
+        self._full = self._compile(self.plan.dense).create_infer_request() if execution == "auto" else None
         self.cost = self._measure(repeats) if execution == "auto" else None
         self._previous_area: float | None = None  # crop area of the last frame (None: empty)
+
+    def _compile(self, model: ov.Model) -> ov.CompiledModel:
+        """A detector part, without the mask Multiplies that cannot change a detection unless
+        `lean_masks` is off (runtime.lean_masks)."""
+        if self.lean_masks:
+            model = model.clone()
+            drop_pointwise_masks(model, (MASK, MASK_CROP))
+        return self.core.compile_model(model, self.device, self.config)
 
     def _with_mask(self, request: ov.InferRequest) -> ov.InferRequest:
         request.set_tensor(MASK_INPUT, self._mask)  # the OMG's output buffer: no copy per frame
@@ -348,7 +357,7 @@ class SparseRunner:
 
     def roi_request(self, crop_hw: tuple[int, int]) -> ov.InferRequest:
         if crop_hw not in self._rois:
-            compiled = self.core.compile_model(self.plan.roi(crop_hw), self.device, self.config)
+            compiled = self._compile(self.plan.roi(crop_hw))
             self._rois[crop_hw] = self._with_mask(compiled.create_infer_request())
         return self._rois[crop_hw]
 
