@@ -92,9 +92,9 @@ def mnv2_ssdlite(config: ModelConfig) -> SingleShotDetector:
 
 
 def _vgg16_ssd(config: ModelConfig, extra_levels: tuple[tuple[int, int, int, int], ...],
-               priors: SSDPriorConfig) -> SingleShotDetector:
-    backbone = SSDVGG16(config.width)
-    neck = SSDNeck(backbone.out_channels, scaled_extra_levels(extra_levels, config.width))
+               priors: SSDPriorConfig, batch_norm: bool = False) -> SingleShotDetector:
+    backbone = SSDVGG16(config.width, batch_norm)
+    neck = SSDNeck(backbone.out_channels, scaled_extra_levels(extra_levels, config.width), batch_norm)
     head = SSDHead(neck.out_channels, priors.anchors_per_location(), config.num_classes + 1,
                    depthwise=False)
     return SingleShotDetector(backbone, neck, head, partial(ssd_priors, priors),
@@ -109,6 +109,12 @@ def vgg16_ssd300(config: ModelConfig) -> SingleShotDetector:
     conv needs a 3x3 map). The width multiplier scales the trunk and the neck (1.0: the published
     network). MMDetection normalises this model with std (1, 1, 1)."""
     return _vgg16_ssd(config, SSD300_EXTRA_LEVELS, ssd300_priors())
+
+
+def vgg16_bn_ssd300(config: ModelConfig) -> SingleShotDetector:
+    """`vgg16_ssd300` with a BN after every trunk and neck conv (torchvision's vgg16_bn, ScratchDet's
+    SSD trained from scratch): without ImageNet weights, the plain VGG16-SSD does not learn here."""
+    return _vgg16_ssd(config, SSD300_EXTRA_LEVELS, ssd300_priors(), batch_norm=True)
 
 
 def vgg16_ssd512(config: ModelConfig) -> SingleShotDetector:
@@ -130,6 +136,7 @@ def retinanet_r101(config: ModelConfig) -> SingleShotDetector:
 DETECTORS: dict[str, Callable[[ModelConfig], SingleShotDetector]] = {
     "mnv2-ssdlite": mnv2_ssdlite,
     "vgg16-ssd300": vgg16_ssd300,
+    "vgg16-bn-ssd300": vgg16_bn_ssd300,
     "vgg16-ssd512": vgg16_ssd512,
     "retinanet-r101": retinanet_r101,
 }

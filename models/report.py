@@ -17,7 +17,8 @@ from babo_edge.errors import run_cli
 from babo_edge.models.accounting import format_report
 from babo_edge.models.cli import parse_size, write_json
 
-ARCHITECTURES = ("mnv2-ssdlite", "vgg16-ssd300", "vgg16-ssd512", "retinanet-r101")  # models.builders.DETECTORS (a test checks)
+# models.builders.DETECTORS (a test checks)
+ARCHITECTURES = ("mnv2-ssdlite", "vgg16-ssd300", "vgg16-bn-ssd300", "vgg16-ssd512", "retinanet-r101")
 
 # (label, config overrides, paper GMAC or None, paper source)
 PAPER_GMAC = [

@@ -37,38 +37,42 @@ def scaled_extra_levels(levels: tuple[tuple[int, int, int, int], ...],
     return tuple((scaled_channels(c, width), stride, pad, kernel) for c, stride, pad, kernel in levels)
 
 
-def _vgg_block(index: int, in_channels: int, out_channels: int, convs: int) -> nn.Sequential:
-    """convK_1..convK_n (3x3, pad 1, bias) + ReLU; blocks after the first start with the
+def _vgg_block(index: int, in_channels: int, out_channels: int, convs: int, batch_norm: bool) -> nn.Sequential:
+    """convK_1..convK_n (3x3, pad 1, bias) [+ BN] + ReLU; blocks after the first start with the
     previous block's 2x2 ceil-mode max-pool, so a block's output is the tap SSD needs."""
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     if index > 1:
         layers[f"pool{index - 1}"] = nn.MaxPool2d(2, 2, ceil_mode=True)
     for i in range(1, convs + 1):
         layers[f"conv{index}_{i}"] = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        if batch_norm:
+            layers[f"bn{index}_{i}"] = nn.BatchNorm2d(out_channels)
         layers[f"relu{index}_{i}"] = nn.ReLU(inplace=True)
         in_channels = out_channels
     return nn.Sequential(layers)
 
 
 class SSDVGG16(nn.Module):
-    """VGG16 trunk of SSD: returns conv4_3 (after ReLU, stride 8) and fc7 (stride 16)."""
+    """VGG16 trunk of SSD: returns conv4_3 (after ReLU, stride 8) and fc7 (stride 16).
+    `batch_norm`: a BN after every conv (torchvision's vgg16_bn layout, fc6/fc7 included), which
+    training from scratch needs (ScratchDet, Zhu et al. 2019); the published SSD has none."""
 
-    def __init__(self, width: float = 1.0):
+    def __init__(self, width: float = 1.0, batch_norm: bool = False):
         super().__init__()
         in_channels = 3
         for index, (convs, channels) in enumerate(VGG16_BLOCKS, start=1):
             channels = scaled_channels(channels, width)
-            setattr(self, f"block{index}", _vgg_block(index, in_channels, channels, convs))
+            setattr(self, f"block{index}", _vgg_block(index, in_channels, channels, convs, batch_norm))
             in_channels = channels
         fc = scaled_channels(1024, width)
         self.out_channels = (in_channels, fc)
-        self.fc = nn.Sequential(OrderedDict(
-            pool5=nn.MaxPool2d(3, 1, padding=1),
-            fc6=nn.Conv2d(in_channels, fc, 3, padding=6, dilation=6),
-            relu6=nn.ReLU(inplace=True),
-            fc7=nn.Conv2d(fc, fc, 1),
-            relu7=nn.ReLU(inplace=True),
-        ))
+        layers: OrderedDict[str, nn.Module] = OrderedDict(pool5=nn.MaxPool2d(3, 1, padding=1))
+        for name, conv in (("6", nn.Conv2d(in_channels, fc, 3, padding=6, dilation=6)), ("7", nn.Conv2d(fc, fc, 1))):
+            layers[f"fc{name}"] = conv
+            if batch_norm:
+                layers[f"bn{name}"] = nn.BatchNorm2d(fc)
+            layers[f"relu{name}"] = nn.ReLU(inplace=True)
+        self.fc = nn.Sequential(layers)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         conv4_3 = self.block4(self.block3(self.block2(self.block1(x))))
@@ -92,9 +96,10 @@ class L2Norm(nn.Module):
 class SSDNeck(nn.Module):
     """L2Norm on the first backbone map, then extra levels on the last one: each level is a
     1x1 conv to half its channels and a (channels, stride, padding, kernel) conv, both with
-    bias and ReLU, no norm."""
+    bias and ReLU, no norm (`batch_norm`: a BN after each conv, as the trunk's)."""
 
-    def __init__(self, in_channels: tuple[int, ...], extra_levels: tuple[tuple[int, int, int, int], ...]):
+    def __init__(self, in_channels: tuple[int, ...], extra_levels: tuple[tuple[int, int, int, int], ...],
+                 batch_norm: bool = False):
         super().__init__()
         self.out_channels = (*in_channels, *(level[0] for level in extra_levels))
         self.l2_norm = L2Norm(in_channels[0])
@@ -102,10 +107,10 @@ class SSDNeck(nn.Module):
         channels = in_channels[-1]
         for out_channels, stride, padding, kernel in extra_levels:
             half = out_channels // 2
-            levels.append(nn.Sequential(
-                nn.Conv2d(channels, half, 1), nn.ReLU(inplace=True),
-                nn.Conv2d(half, out_channels, kernel, stride, padding), nn.ReLU(inplace=True),
-            ))
+            layers: list[nn.Module] = []
+            for conv in (nn.Conv2d(channels, half, 1), nn.Conv2d(half, out_channels, kernel, stride, padding)):
+                layers += [conv, *([nn.BatchNorm2d(conv.out_channels)] if batch_norm else []), nn.ReLU(inplace=True)]
+            levels.append(nn.Sequential(*layers))
             channels = out_channels
         self.extra_levels = nn.ModuleList(levels)
 

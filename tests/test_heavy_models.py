@@ -15,12 +15,15 @@ from babo_edge.models.builders import ModelConfig, build_detector, build_model
 from babo_edge.models.retinanet import ResNet
 from babo_edge.models.vgg_ssd import SSDVGG16
 
-SMALL_SIZES = {"vgg16-ssd300": (264, 264), "vgg16-ssd512": (320, 320), "retinanet-r101": (160, 224)}
+SMALL_SIZES = {"vgg16-ssd300": (264, 264), "vgg16-bn-ssd300": (264, 264), "vgg16-ssd512": (320, 320),
+               "retinanet-r101": (160, 224)}
 
 # arch: (input (H, W), feature-map sizes, anchors per location, class outputs per anchor)
 FULL_SIZE_LAYOUT = {
     "vgg16-ssd300": ((300, 300), [(38, 38), (19, 19), (10, 10), (5, 5), (3, 3), (1, 1)],
                      [4, 6, 6, 6, 4, 4], 81),
+    "vgg16-bn-ssd300": ((300, 300), [(38, 38), (19, 19), (10, 10), (5, 5), (3, 3), (1, 1)],
+                        [4, 6, 6, 6, 4, 4], 81),
     "vgg16-ssd512": ((512, 512), [(64, 64), (32, 32), (16, 16), (8, 8), (4, 4), (2, 2), (1, 1)],
                      [4, 6, 6, 6, 6, 4, 4], 81),
     "retinanet-r101": ((800, 1216), [(100, 152), (50, 76), (25, 38), (13, 19), (7, 10)],
@@ -51,7 +54,7 @@ def test_build_model_runs_and_matches_anchor_count(arch):
 @pytest.mark.parametrize("arch", sorted(FULL_SIZE_LAYOUT))
 def test_full_size_feature_maps_and_anchors_per_location(arch):
     size, feature_hws, per_location, num_outputs = FULL_SIZE_LAYOUT[arch]
-    detector = build_detector(ModelConfig(arch=arch, input_size=size)).to("meta")
+    detector = build_detector(ModelConfig(arch=arch, input_size=size)).to("meta").eval()
     image = torch.empty(1, 3, *size, device="meta")
     features = detector.neck(detector.backbone(image))
     assert [tuple(f.shape[-2:]) for f in features] == feature_hws
@@ -142,6 +145,17 @@ def test_vgg16_ssd300_has_the_ssd_papers_8732_priors_and_its_width_multiplier_sc
              (64, 128), (128, 128), (128, 128), (128, 128), (128, 128), (128, 128)]
     expected = sum(i * o * 9 + o for i, o in convs) + (128 * 256 * 9 + 256) + (256 * 256 + 256)
     assert _count(narrow.backbone) == expected
+
+
+def test_ssd_vgg16_bn_parameters_match_torchvision_vgg16_bn_convs_plus_fc6_fc7_with_bn():
+    """torchvision vgg16_bn: 138,365,992 parameters, the same classifier; every conv gets a BN
+    (weight and bias per channel), fc6 and fc7 too."""
+    vgg16_bn_convs = 138_365_992 - 123_642_856
+    fc6, fc7, their_bn = 512 * 1024 * 9 + 1024, 1024 * 1024 + 1024, 2 * 2 * 1024
+    assert _count(SSDVGG16(batch_norm=True)) == vgg16_bn_convs + fc6 + fc7 + their_bn == 20_496_448
+    neck = build_detector(ModelConfig(arch="vgg16-bn-ssd300", width=0.25)).neck
+    bns = [m.num_features for m in neck.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns == [64, 128, 32, 64, 32, 64, 32, 64]  # a BN after both convs of each extra level
 
 
 def test_fpn_and_retina_head_parameters_match_detectron2():
