@@ -107,13 +107,14 @@ class BinaryConv2d(nn.Conv2d):
 
 
 class BinaryConvBN(nn.Module):
-    """Bi-Real block for a conv without BatchNorm (VGG16): binary conv + BN, plus the real-valued
-    identity shortcut around both when the shapes allow (same channels, stride 1)."""
+    """Bi-Real block for a VGG16 conv: binary conv + BN, plus the real-valued identity shortcut
+    around both when the shapes allow (same channels, stride 1). `bn`: the conv's own BN
+    (VGG16-BN), moved inside the block; else a new one."""
 
-    def __init__(self, conv: nn.Conv2d):
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d | None = None):
         super().__init__()
         self.conv = BinaryConv2d.from_conv(conv)
-        self.bn = nn.BatchNorm2d(conv.out_channels)
+        self.bn = nn.BatchNorm2d(conv.out_channels) if bn is None else bn
         self.shortcut = conv.in_channels == conv.out_channels and tuple(conv.stride) == (1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -156,7 +157,13 @@ def binarize(detector: nn.Module, scheme: str = "bireal") -> nn.Module:
         if isinstance(parent, nn.Sequential) and child.isdigit():  # ConvNormAct: BN follows
             parent[int(child)] = BinaryConv2d.from_conv(conv)
             continue
-        setattr(parent, child, BinaryConvBN(conv))
+        names = list(parent._modules)
+        following = parent._modules[names[names.index(child) + 1]] if names.index(child) + 1 < len(names) else None
+        if isinstance(following, nn.BatchNorm2d):  # VGG16-BN: the block takes the conv's BN
+            setattr(parent, names[names.index(child) + 1], nn.Identity())
+            setattr(parent, child, BinaryConvBN(conv, following))
+        else:
+            setattr(parent, child, BinaryConvBN(conv))
     if not isinstance(detector.backbone, MobileNetV2):  # VGG16: every ReLU of the trunk feeds a binary conv
         for name, module in list(detector.backbone.named_modules()):
             if isinstance(module, nn.ReLU):

@@ -152,10 +152,12 @@ def build_detector(config: ModelConfig) -> SingleShotDetector:
     return builder(config)
 
 
-def build_model(config: ModelConfig) -> BABODetector:
-    """The BABO model of `config`: with the Fast-SCNN OMG when `config.omg`, else vanilla."""
+def build_model(config: ModelConfig, detector: SingleShotDetector | None = None) -> BABODetector:
+    """The BABO model of `config`: with the Fast-SCNN OMG when `config.omg`, else vanilla.
+    `detector`: a real-valued detector of `config`'s architecture to use (binarized first when
+    `config.binarize`) instead of a new one, e.g. one holding FP32 weights to fine-tune binary."""
     omg: nn.Module | None = FastSCNN(2, foreground_bias=OMG_FOREGROUND_BIAS) if config.omg else None
-    detector = build_detector(config)
+    detector = build_detector(config) if detector is None else detector
     if config.binarize:  # before BABODetector: its mask hooks attach to the convs present
         binarize(detector, config.binarize)
     return BABODetector(detector, omg, omg_size=config.omg_size if config.omg else None,

@@ -13,7 +13,7 @@ from torch import nn
 from babo_edge.models.accounting import ConvLayer, LayerCount, binary_figures, build_report
 from babo_edge.models.binary import (BinaryConv2d, BinaryConvBN, binarize, binary_conv_names, binary_convs, binary_sign,
                                     parameter_bits)
-from babo_edge.models.builders import ModelConfig, build_model, vgg16_ssd512
+from babo_edge.models.builders import ModelConfig, build_detector, build_model, vgg16_ssd512
 from babo_edge.models.profiling import mac_report
 from babo_edge.train.losses import information_bottleneck_loss, sparse_object_prior_loss
 from babo_edge.train.options import check_binarize
@@ -80,6 +80,38 @@ def test_vgg16_trunk_binarizes_with_bn_and_shortcuts():
     assert not any(isinstance(m, nn.ReLU) for m in detector.backbone.modules())
     c4, fc7 = detector.backbone(torch.randn(1, 3, 64, 64))
     assert c4.shape == (1, 512, 8, 8) and fc7.shape == (1, 1024, 4, 4)
+
+
+def test_vgg16_bn_binary_blocks_take_the_convs_own_batch_norm():
+    detector = build_detector(ModelConfig(arch="vgg16-bn-ssd300", width=0.25, num_classes=2, omg=False))
+    conv_bn = detector.backbone.block2.bn2_1
+    binarize(detector)
+    block = detector.backbone.block2.conv2_1
+    assert isinstance(block, BinaryConvBN) and block.bn is conv_bn
+    assert isinstance(detector.backbone.block2.bn2_1, nn.Identity)
+    assert isinstance(detector.backbone.block1.bn1_1, nn.BatchNorm2d)  # conv1_1 stays real, with its BN
+    # One BN per binary conv, none doubled: 12 trunk convs, fc6, fc7.
+    bns = [name for name, m in detector.backbone.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) == 15 and sum(name.endswith(".bn") for name in bns) == 14
+
+
+def test_a_binarized_vgg16_fine_tunes_from_the_fp32_checkpoint(tiny_dataset, tmp_path):
+    """The FP32 weights load into the real-valued detector, which is then binarized: BinaryConvBN
+    renames VGG16's conv parameters, so a plain load would not match."""
+    from babo_edge.models.checkpoint import save_checkpoint
+    from babo_edge.train.engine import TrainConfig, prepare_model
+    fp32 = ModelConfig(arch="vgg16-bn-ssd300", width=0.25, num_classes=2, input_size=(264, 264), omg=False)
+    torch.manual_seed(0)
+    real = build_model(fp32).eval()
+    ckpt = save_checkpoint(tmp_path / "fp32.pt", real, fp32, ["a", "b"])
+    config = TrainConfig(mode="vanilla", model=replace(fp32, binarize="bireal"), data=str(tiny_dataset),
+                         init=str(ckpt), binarize="plain", schedule="step", steps=(1,), out=str(tmp_path / "out"))
+    binary = prepare_model(config)
+    block = binary.detector.backbone.block3.conv3_2
+    assert torch.equal(block.conv.weight, real.detector.backbone.block3.conv3_2.weight)
+    assert torch.equal(block.bn.running_var, real.detector.backbone.block3.bn3_2.running_var)
+    head = binary.detector.head.state_dict()  # the real-valued heads keep their keys and weights
+    assert all(torch.equal(head[key], value) for key, value in real.detector.head.state_dict().items())
 
 
 def test_old_configs_load_and_a_binarized_one_round_trips():

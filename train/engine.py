@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from babo_edge.calibration.coco import CocoDetection
 from babo_edge.calibration.synthetic import ensure_default_dataset, split_files
-from babo_edge.models.builders import ModelConfig, build_model
+from babo_edge.models.builders import ModelConfig, build_detector, build_model
 from babo_edge.models.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from babo_edge.models.detector import BABODetector
 from babo_edge.train.data import Batch, DetectionData, collate
@@ -184,12 +184,19 @@ def dataset_for(config: TrainConfig, split: str) -> CocoDetection:
 
 def prepare_model(config: TrainConfig) -> BABODetector:
     """Build the model, load initial weights, freeze what the mode does not train."""
-    model = build_model(config.model)
-    if config.init:
-        init = load_checkpoint(config.init)
-        load_weights(config.init, "detector", model.detector, init.od_state)
-        if model.omg is not None and init.omg_state is not None:
-            load_weights(config.init, "OMG", model.omg, init.omg_state)
+    init = load_checkpoint(config.init) if config.init else None
+    if init is not None and config.model.binarize and not init.config.binarize:
+        # FP32 weights into the real-valued detector, then binarized: binary blocks may rename
+        # a conv's parameters (VGG16's BinaryConvBN), MobileNetV2's keep theirs.
+        detector = build_detector(replace(config.model, binarize=None))
+        load_weights(config.init, "detector", detector, init.od_state)
+        model = build_model(config.model, detector)
+    else:
+        model = build_model(config.model)
+        if init is not None:
+            load_weights(config.init, "detector", model.detector, init.od_state)
+    if init is not None and model.omg is not None and init.omg_state is not None:
+        load_weights(config.init, "OMG", model.omg, init.omg_state)
     if config.omg_init:
         if model.omg is None:
             raise ValueError("--omg-init needs a model with an OMG (mode omg, e2e, or pipeline with mask source omg)")
