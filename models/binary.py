@@ -26,9 +26,11 @@ from babo_edge.models.mobilenetv2 import MobileNetV2
 from babo_edge.models.vgg_ssd import SSDVGG16
 
 SCHEMES = ("bireal",)
-# FakeQuantize levels=2 switches between input_low and input_high; equal bounds give NaN on the
-# CPU plugin, so the step is a tiny interval just above 0 (sign(0) = -1 as in `binary_sign`).
-FQ_STEP = 1e-6
+# FakeQuantize levels=2 switches at the midpoint of [input_low, input_high]; equal bounds give NaN
+# on the CPU plugin, so the bounds are a tiny interval centred on 0: the switch is at 0 (but for
+# |x| < ~1e-27) and sign(0) = -1 as in `binary_sign`. The former interval [0, 1e-6] turned every
+# input in (0, 5e-7] into -1, which a deep binary VGG16 meets on flat image regions.
+FQ_STEP = 1e-20
 
 
 def _sign(x: torch.Tensor) -> torch.Tensor:
@@ -54,7 +56,7 @@ class ApproxSign(torch.autograd.Function):
         def const(value: float):
             return g.op("Constant", value_t=torch.tensor(value, dtype=torch.float32))
 
-        out = g.op("org.openvinotoolkit::FakeQuantize", x, const(0.0), const(FQ_STEP),
+        out = g.op("org.openvinotoolkit::FakeQuantize", x, const(-FQ_STEP / 2), const(FQ_STEP / 2),
                    const(-1.0), const(1.0), levels_i=2)
         out.setType(x.type())  # same shape and dtype: keeps the exporter's shape inference going
         return out

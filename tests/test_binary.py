@@ -192,6 +192,24 @@ def test_export_gives_binary_convolutions_with_parity(tmp_path):
     assert np.abs(result[1] - eager.box_deltas.numpy()).max() < 1e-4
 
 
+def test_the_exported_sign_switches_at_zero_exactly_as_the_eager_one(tmp_path):
+    pytest.importorskip("openvino")
+    from babo_edge.export.openvino_ir import compile_fp32, convert
+
+    conv = BinaryConv2d(16, 1, 1, bias=False).eval()
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+    values = torch.tensor([-1e-6, -1e-20, 0.0, 1e-20, 1e-7, 3e-7, 5e-7, 6e-7, 1.0])  # no denormals: the CPU flushes them
+    x = values.view(1, 1, 1, -1).repeat(1, 16, 1, 1)
+    path = tmp_path / "sign.onnx"
+    torch.onnx.export(conv, x, path, dynamo=False)
+    compiled = compile_fp32(convert(path))
+    with torch.no_grad():
+        eager = conv(x).flatten().tolist()
+    assert eager == [-16, -16, -16, 16, 16, 16, 16, 16, 16]
+    assert compiled(x.numpy())[0].flatten().tolist() == eager
+
+
 def test_parameter_bits_count_binary_weights_at_one_bit():
     model = nn.Sequential(BinaryConv2d(4, 8, 3, bias=False), nn.BatchNorm2d(8))
     # 8*4*3*3 = 288 weights at 1 bit + 8 alphas at 32 bits; BN: 16 parameters at 32 bits
