@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import openvino as ov
 
-from babo_edge.ir_metadata import DETECTIONS, MASK
+from babo_edge.ir_metadata import DETECTIONS, MASK, RAW_OUTPUTS
 
 CONVOLUTIONS = ("Convolution", "GroupConvolution")
 MASK_SOURCES = ("TopK", "ArgMax", "Greater")
@@ -39,12 +39,20 @@ class MaskPath:
         return [*self.logits, self.source, *self.carriers, *(node for node, _ in self.multiplies), *self.scoring]
 
 
+def _results_named(model: ov.Model, name: str) -> list[ov.Node]:
+    return [result for result in model.get_results()
+            if name in result.input_value(0).get_names() or name in result.output(0).get_names()]
+
+
 def output_node(model: ov.Model, name: str) -> ov.Node:
     """The Result node of the output called `name`."""
-    for result in model.get_results():
-        if name in result.input_value(0).get_names() or name in result.output(0).get_names():
-            return result
+    for result in _results_named(model, name):
+        return result
     raise ValueError(f"the model has no output {name!r}; outputs: {[o.get_any_name() for o in model.outputs]}")
+
+
+def has_output(model: ov.Model, name: str) -> bool:
+    return bool(_results_named(model, name))
 
 
 def find_mask_path(model: ov.Model, mask_output: str = MASK) -> MaskPath:
@@ -80,11 +88,35 @@ def find_mask_path(model: ov.Model, mask_output: str = MASK) -> MaskPath:
     return MaskPath(logits, source, carriers, multiplies, scoring)
 
 
-def postprocessing_nodes(model: ov.Model, detections_output: str = DETECTIONS) -> list[ov.Node]:
-    """Every op the `detections` output is computed from after the last convolutions: head
-    reshapes, scores, top-k, decoding, NMS and the gathers after it."""
-    return _upstream([output_node(model, detections_output).input_value(0)],
-                     stop=_is_convolution)
+def postprocessing_nodes(model: ov.Model) -> list[ov.Node]:
+    """Every op the detections are computed from after the last convolutions: head reshapes,
+    scores, top-k, decoding, NMS and the gathers after it; in a raw-output IR, the head
+    reshapes and concatenations in front of `cls_logits` and `box_deltas`."""
+    names = [DETECTIONS] if has_output(model, DETECTIONS) else list(RAW_OUTPUTS)
+    return _upstream([output_node(model, name).input_value(0) for name in names], stop=_is_convolution)
+
+
+def sign_input_nodes(model: ov.Model) -> list[ov.Node]:
+    """Ops whose values a binary conv's sign (a 2-level FakeQuantize) reads, back to the previous
+    convolutions: they must stay float, since an 8-bit quantizer maps every value in (0, step/2)
+    to 0, whose sign is -1, and a deep binary network amplifies each such flip."""
+    signs = [op for op in model.get_ops() if _is_sign(op)]
+    return _upstream([sign.input_value(0) for sign in signs], stop=_is_any_convolution)
+
+
+def quantizers_before_signs(model: ov.Model) -> list[str]:
+    """Multi-level FakeQuantize nodes among `sign_input_nodes`; empty when every binary conv
+    reads the float values the FP32 model has."""
+    return sorted(node.get_friendly_name() for node in sign_input_nodes(model)
+                  if node.get_type_name() == "FakeQuantize" and not _is_sign(node))
+
+
+def _is_sign(node: ov.Node) -> bool:
+    return node.get_type_name() == "FakeQuantize" and node.get_attributes()["levels"] == 2
+
+
+def _is_any_convolution(node: ov.Node) -> bool:
+    return _is_convolution(node) or node.get_type_name() == "BinaryConvolution"
 
 
 def fake_quantizes_on_mask(model: ov.Model, mask_output: str = MASK) -> list[str]:

@@ -29,14 +29,19 @@ from babo_edge.calibration.folder import ImageFolder
 from babo_edge.calibration.synthetic import ensure_default_dataset, split_files
 from babo_edge.export.lean_graph import integer_mask_multiplies
 from babo_edge.ir_metadata import MASK
-from babo_edge.export.mask_graph import (fake_quantizes_on_mask, find_mask_path, output_node,
-                               postprocessing_nodes, quantizers_not_keeping_zero)
+from babo_edge.export.mask_graph import (fake_quantizes_on_mask, find_mask_path, has_output,
+                               postprocessing_nodes, quantizers_before_signs, quantizers_not_keeping_zero,
+                               sign_input_nodes)
 from babo_edge.models.preprocess import to_model_input
 
 
 
 class MaskQuantizedError(BaboError, RuntimeError):
     """The INT8 model would no longer black out exactly."""
+
+
+class SignQuantizedError(BaboError, RuntimeError):
+    """The INT8 model's binary convs would no longer read the FP32 model's signs."""
 
 
 class CalibrationImages(Sequence[np.ndarray]):
@@ -68,7 +73,7 @@ class CalibrationImages(Sequence[np.ndarray]):
 
 def ignored_scope(model: ov.Model) -> nncf.IgnoredScope:
     """The mask path (logits upsampling -> argmax -> Convert -> MaxPool pyramid -> masking
-    Multiplies) and the post-processing, by node name.
+    Multiplies), the inputs of binary convs' signs and the post-processing, by node name.
 
     The logits side is needed too: NNCF leaves the ops between the last conv and a TopK alone
     only while it finds them from the outputs back to an un-ignored TopK; once the argmax is in
@@ -76,8 +81,8 @@ def ignored_scope(model: ov.Model) -> nncf.IgnoredScope:
     and TopK also occur in the post-processing, MaxPool could occur in a backbone) or a Subgraph
     (NNCF expands it into all simple paths between its ends, which is this same set); NNCF
     validates every name (validate=True)."""
-    nodes = list(postprocessing_nodes(model))
-    if _has_output(model, MASK):
+    nodes = list(postprocessing_nodes(model)) + sign_input_nodes(model)
+    if has_output(model, MASK):
         nodes += find_mask_path(model).nodes()
     return nncf.IgnoredScope(names=sorted({node.get_friendly_name() for node in nodes}), validate=True)
 
@@ -122,15 +127,23 @@ def lean_int8(model: ov.Model) -> None:
     """Checks NNCF's model (the rewrite relies on an exactly binary mask), rewrites its masking
     into the integer form in place and checks the result."""
     check_mask_exact(model)
-    if _has_output(model, MASK):
+    check_signs_exact(model)
+    if has_output(model, MASK):
         integer_mask_multiplies(model)
         check_mask_exact(model)
+
+
+def check_signs_exact(model: ov.Model) -> None:
+    """Raises SignQuantizedError if an 8-bit FakeQuantize feeds a binary conv's sign."""
+    before = quantizers_before_signs(model)
+    if before:
+        raise SignQuantizedError(f"FakeQuantize in front of a binary sign: {', '.join(before)}")
 
 
 def check_mask_exact(model: ov.Model) -> None:
     """Raises MaskQuantizedError if a FakeQuantize sits on the mask path or a conv input
     quantizer would not map the blacked-out zeros to zero."""
-    if not _has_output(model, MASK):
+    if not has_output(model, MASK):
         return
     on_mask = fake_quantizes_on_mask(model)
     if on_mask:
@@ -138,11 +151,3 @@ def check_mask_exact(model: ov.Model) -> None:
     moved_zero = quantizers_not_keeping_zero(model)
     if moved_zero:
         raise MaskQuantizedError(f"conv input quantizers that do not keep 0: {', '.join(moved_zero)}")
-
-
-def _has_output(model: ov.Model, name: str) -> bool:
-    try:
-        output_node(model, name)
-    except ValueError:
-        return False
-    return True

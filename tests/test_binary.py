@@ -239,3 +239,33 @@ def test_the_int8_ir_of_a_binarized_model_compiles_on_cpu_with_its_binary_convol
     types = Counter(op.get_rt_info()["layerType"].astype(str) for op in compiled.get_runtime_model().get_ops())
     assert types["BinaryConvolution"] == 17
     assert np.isfinite(compiled(rng.random((1, 3, 64, 64), dtype=np.float32) * 255)[0]).all()
+
+
+def test_int8_keeps_the_inputs_of_every_binary_sign_in_float(tmp_path):
+    """An 8-bit quantizer in front of a sign maps every value in (0, step/2) to 0, whose sign is
+    -1; the ignored scope keeps the ops a sign reads float, and the check catches a scope that
+    does not."""
+    pytest.importorskip("nncf")
+    import nncf
+
+    from babo_edge.export.mask_graph import quantizers_before_signs, sign_input_nodes
+    from babo_edge.export.onnx_export import export_onnx
+    from babo_edge.export.openvino_ir import convert
+    from babo_edge.export.quantize import SignQuantizedError, check_signs_exact, quantize_int8
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="vgg16-bn-ssd300", width=0.25, num_classes=2, omg=False,
+                                    input_size=(300, 300), binarize="bireal")).eval()
+    ir = convert(export_onnx(model, (300, 300), tmp_path / "m.onnx"))
+    signs = [op for op in ir.get_ops() if op.get_type_name() == "FakeQuantize"]
+    assert len(signs) == 14 and {op.get_type_name() for op in sign_input_nodes(ir)} >= {"Add", "MaxPool", "Pad"}
+    rng = np.random.default_rng(0)
+    images = [rng.random((1, 3, 300, 300), dtype=np.float32) * 255 for _ in range(2)]
+    int8 = quantize_int8(ir, images, "performance", 2).model
+    quantizers = [op for op in int8.get_ops() if op.get_type_name() == "FakeQuantize"
+                  and op.get_attributes()["levels"] > 2]
+    assert quantizers and quantizers_before_signs(int8) == []  # the stem and heads are INT8, the trunk's signs exact
+    unprotected = quantize_int8(ir, images, "performance", 2, scope=nncf.IgnoredScope()).model
+    assert quantizers_before_signs(unprotected)
+    with pytest.raises(SignQuantizedError, match="in front of a binary sign"):
+        check_signs_exact(unprotected)
