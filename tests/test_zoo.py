@@ -16,6 +16,7 @@ ZOO = Path(__file__).resolve().parents[1] / "models" / "zoo"
 VANILLA, BABO = ZOO / "vanilla-ssdlite-256.pt", ZOO / "babo-ssdlite-256.pt"
 BIDET = ZOO / "bidet-ssdlite-256.pt"
 PRUNED = ZOO / "pruned-channels50-ssdlite-256.pt"
+VGG = ZOO / "vgg16-bn-ssd300-w025.pt"
 
 
 @pytest.mark.parametrize("path", [VANILLA, BABO, BIDET, PRUNED])
@@ -25,6 +26,13 @@ def test_zoo_checkpoints_load_and_match_the_builtin_classes(path, tiny_dataset):
     assert ckpt.config.input_size == (256, 256) and ckpt.training_state is None
     assert ckpt.metadata["command"].startswith("train/train.py")
     assert (model.omg is not None) == (path == BABO)
+
+
+def test_vgg16_checkpoint_is_the_quarter_width_vgg16_bn_ssd300(tiny_dataset):
+    model, ckpt = load_model(VGG)
+    assert ckpt.class_names == read_manifest(tiny_dataset)["class_names"] and ckpt.training_state is None
+    assert (ckpt.config.arch, ckpt.config.width, ckpt.config.input_size) == ("vgg16-bn-ssd300", 0.25, (300, 300))
+    assert ckpt.metadata["command"].startswith("train/train.py") and model.omg is None
 
 
 def test_babo_blacks_out_background_and_costs_less(tiny_dataset):
