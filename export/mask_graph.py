@@ -46,8 +46,9 @@ def _results_named(model: ov.Model, name: str) -> list[ov.Node]:
 
 def output_node(model: ov.Model, name: str) -> ov.Node:
     """The Result node of the output called `name`."""
-    for result in _results_named(model, name):
-        return result
+    results = _results_named(model, name)
+    if results:
+        return results[0]
     raise ValueError(f"the model has no output {name!r}; outputs: {[o.get_any_name() for o in model.outputs]}")
 
 

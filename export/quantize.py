@@ -124,8 +124,8 @@ def quantize_int8_with_accuracy_control(model: ov.Model, images: Sequence[np.nda
 
 
 def lean_int8(model: ov.Model) -> None:
-    """Checks NNCF's model (the rewrite relies on an exactly binary mask), rewrites its masking
-    into the integer form in place and checks the result."""
+    """Checks NNCF's model (the rewrite relies on an exactly binary mask; binary convs must read
+    unquantized signs), rewrites its masking into the integer form in place and checks the result."""
     check_mask_exact(model)
     check_signs_exact(model)
     if has_output(model, MASK):
