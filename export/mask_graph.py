@@ -105,6 +105,14 @@ def sign_input_nodes(model: ov.Model) -> list[ov.Node]:
     return _upstream([sign.input_value(0) for sign in signs], stop=_is_any_convolution)
 
 
+def sign_inputs(model: ov.Model) -> list[ov.Output]:
+    """What each binary conv's sign reads, before its -1 padding (the binary conv's input in
+    PyTorch), in topological order."""
+    values = [op.input_value(0) for op in model.get_ordered_ops() if _is_sign(op)]
+    return [value.get_node().input_value(0) if value.get_node().get_type_name() == "Pad" else value
+            for value in values]
+
+
 def quantizers_before_signs(model: ov.Model) -> list[str]:
     """Multi-level FakeQuantize nodes among `sign_input_nodes`; empty when every binary conv
     reads the float values the FP32 model has."""

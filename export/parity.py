@@ -11,6 +11,12 @@ at the top-k and NMS cut-offs (both choices are right), so a reference detection
 a partner counts as `unmatched_tied` when another reference detection of its image and label
 has the same score, and as `unmatched` (a real difference) otherwise. Masks are compared pixel
 by pixel.
+
+A binarized model's sign inputs may lie within float rounding of 0, where either sign is right,
+and a deep binary network turns one such tie into different detections. Its IRs are therefore
+compared with their signs forced (`sign_forced_runners`): the PyTorch model's binary convs read
+the IR's sign inputs instead of their own, so both take the same signs, and each layer's sign
+inputs are compared on their own (relative to the tensor's largest magnitude).
 """
 from __future__ import annotations
 
@@ -21,14 +27,17 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from babo_edge.export.mask_graph import sign_inputs
 from babo_edge.export.onnx_export import INPUT_NAME, ExportGraph
 from babo_edge.ir_metadata import BOX_DELTAS, CLS_LOGITS, DETECTIONS, MASK
+from babo_edge.models.binary import binary_convs
 from babo_edge.models.blackout import MaskPyramid
 from babo_edge.models.detector import BABODetector, BABOOutput
 
 Outputs = dict[str, np.ndarray]
 BOX_MATCH_PX = 0.5
 SCORE_TIE = 1e-6
+SIGN_INPUT = "sign_input:"  # + k: what the k-th binary sign reads, in a sign-forced comparison
 Runner = Callable[[np.ndarray], Outputs]
 
 
@@ -62,6 +71,49 @@ def decoding_runner(runner: Runner, model: BABODetector, input_hw: tuple[int, in
     return run
 
 
+def sign_forced_runners(model: BABODetector, ov_model, compile_model: Callable, raw: bool = False
+                        ) -> tuple[Runner, Runner]:
+    """(reference, candidate) for a binarized model: the candidate is `ov_model` (an
+    openvino.Model, compiled by `compile_model`) also returning what each binary sign reads
+    (SIGN_INPUT + k); the reference is the PyTorch model whose binary convs read the candidate's
+    values instead of their own, and it returns its own values under the same names."""
+    instrumented = ov_model.clone()
+    exposed = instrumented.add_outputs(sign_inputs(instrumented))
+    convs = [conv for _, conv in binary_convs(model)]
+    if len(exposed) != len(convs):
+        raise ValueError(f"the IR has {len(exposed)} binary signs, the model {len(convs)} binary convs")
+    compiled = compile_model(instrumented)
+    outputs = [(output.get_any_name(), output) for output in compiled.outputs[:-len(exposed)]]
+    signs = compiled.outputs[-len(exposed):]
+
+    def candidate(images: np.ndarray) -> Outputs:
+        results = compiled(images)
+        return {name: results[output] for name, output in outputs} | {
+            f"{SIGN_INPUT}{k}": results[output] for k, output in enumerate(signs)}
+
+    eager = torch_runner(model, raw)
+
+    def reference(images: np.ndarray) -> Outputs:
+        forced = candidate(images)
+        own: list[np.ndarray] = []
+
+        def read_forced(conv, args):
+            value = forced[f"{SIGN_INPUT}{len(own)}"]
+            if tuple(args[0].shape) != value.shape:
+                raise ValueError(f"binary conv {len(own)} reads {tuple(args[0].shape)}, the IR's sign {value.shape}")
+            own.append(args[0].numpy().copy())
+            return (torch.from_numpy(value),)
+
+        handles = [conv.register_forward_pre_hook(read_forced) for conv in convs]
+        try:
+            results = eager(images)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return results | {f"{SIGN_INPUT}{k}": value for k, value in enumerate(own)}
+    return reference, candidate
+
+
 def onnxruntime_runner(onnx_path: str | os.PathLike) -> Runner:
     import onnxruntime as ort
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -87,10 +139,11 @@ class Tolerance:
     # Pixels whose two upsampled OMG logits are equal to rounding may flip their argmax.
     mask_fraction: float
     same_detections: bool = True  # same count, and every untied detection has its counterpart
+    sign_input: float = np.inf  # binary sign inputs, relative to their tensor's largest magnitude
 
 
 # Same float32 graph on another runtime: only summation order differs.
-FP32_TOLERANCE = Tolerance(score=1e-4, box_px=1e-2, mask_fraction=1e-4)
+FP32_TOLERANCE = Tolerance(score=1e-4, box_px=1e-2, mask_fraction=1e-4, sign_input=1e-5)
 # FP16 / INT8: differences are expected and reported; only an exactly binary mask is required.
 BINARY_MASK_ONLY = Tolerance(score=np.inf, box_px=np.inf, mask_fraction=1.0, same_detections=False)
 
@@ -110,6 +163,9 @@ class Parity:
     mask_intersection: int = 0
     mask_union: int = 0
     mask_non_binary: int = 0  # candidate mask values other than 0 and 1
+    sign_inputs: int = 0  # values binary signs read (sign-forced comparisons only)
+    sign_flips: int = 0  # of them, values to which the candidate gives the other sign
+    max_sign_input_diff: float = 0.0  # relative to the largest magnitude of the tensor
 
     @property
     def mask_iou(self) -> float:
@@ -129,6 +185,8 @@ class Parity:
             (self.mask_mismatches > tolerance.mask_fraction * self.mask_pixels,
              f"{self.mask_mismatches} of {self.mask_pixels} mask pixels differ"),
             (self.mask_non_binary > 0, f"{self.mask_non_binary} mask values are neither 0 nor 1"),
+            (self.max_sign_input_diff > tolerance.sign_input,
+             f"binary sign inputs differ by {self.max_sign_input_diff:.3g} (relative)"),
         ]
         return [message for failed, message in checks if failed]
 
@@ -143,7 +201,17 @@ def compare(reference: Runner, candidate: Runner, images: Iterable[np.ndarray]) 
         _compare_detections(parity, expected[DETECTIONS], actual[DETECTIONS])
         if MASK in expected:
             compare_masks(parity, expected[MASK], actual[MASK])
+        for name in expected:
+            if name.startswith(SIGN_INPUT):
+                _compare_sign_inputs(parity, expected[name], actual[name])
     return parity
+
+
+def _compare_sign_inputs(parity: Parity, expected: np.ndarray, actual: np.ndarray) -> None:
+    parity.sign_inputs += expected.size
+    parity.sign_flips += int(((expected > 0) != (actual > 0)).sum())
+    scale = max(float(np.abs(expected).max()), np.finfo(np.float32).tiny)
+    parity.max_sign_input_diff = max(parity.max_sign_input_diff, float(np.abs(expected - actual).max()) / scale)
 
 
 def _compare_detections(parity: Parity, expected: np.ndarray, actual: np.ndarray) -> None:

@@ -9,7 +9,8 @@
 
 Everything is written into a hidden sibling folder which replaces DIR only at the end, so an
 error or Ctrl-C leaves DIR as it was. ONNX and the FP32 IR must match PyTorch within
-FP32_TOLERANCE; FP16 and INT8 are reported, their masks must be exactly 0/1, and INT8 is
+FP32_TOLERANCE (a binarized model's with the IR's binary signs forced, see export.parity);
+FP16 and INT8 are reported, their masks must be exactly 0/1, and INT8 is
 refused by `export.quantize` when its graph check fails.
 """
 from __future__ import annotations
@@ -38,8 +39,8 @@ from babo_edge.export.onnx_export import export_onnx
 from babo_edge.export.openvino_ir import (compile_fp32, convert, model_info, save_ir,
                                 set_model_info, tool_versions)
 from babo_edge.export.parity import (BINARY_MASK_ONLY, FP32_TOLERANCE, Parity, Runner, compare, decoding_runner,
-                           onnxruntime_runner, openvino_runner, torch_runner)
-from babo_edge.export.report import REPORT_FILE, REPORT_SCHEMA, ExportReport
+                           onnxruntime_runner, openvino_runner, sign_forced_runners, torch_runner)
+from babo_edge.export.report import FREE_SIGNS, REPORT_FILE, REPORT_SCHEMA, ExportReport
 from babo_edge.export.quantize import quantize_int8, quantize_int8_with_accuracy_control
 from babo_edge.models.builders import ModelConfig
 from babo_edge.models.checkpoint import Checkpoint
@@ -48,7 +49,8 @@ from babo_edge.artifacts import ir_path
 from babo_edge.runtime.detector import binary_safe_properties, openvino_message
 from babo_edge.runtime.sparsity import conv_layers, instrument, layer_counts
 
-TOLERANCES = {"onnx": FP32_TOLERANCE, "fp32": FP32_TOLERANCE, "fp16": BINARY_MASK_ONLY, "int8": BINARY_MASK_ONLY}
+TOLERANCES = {"onnx": FP32_TOLERANCE, "fp32": FP32_TOLERANCE, "fp16": BINARY_MASK_ONLY, "int8": BINARY_MASK_ONLY,
+              "fp32" + FREE_SIGNS: BINARY_MASK_ONLY, "fp16" + FREE_SIGNS: BINARY_MASK_ONLY}
 
 
 def ovms_name(checkpoint_path: str | os.PathLike) -> str:
@@ -270,7 +272,13 @@ class _Export:
         self.runners |= {precision: self.decoded(openvino_runner(compile_fp32(path)))
                          for precision, path in self.irs.items()}
         for name, runner in self.runners.items():
-            self.parities[name] = compare(reference, runner, self.parity_images)
+            if self.config.binarize and name in self.irs:  # checked with the IR's signs, reported without
+                self.parities[f"{name}{FREE_SIGNS}"] = compare(reference, runner, self.parity_images)
+                forced = sign_forced_runners(self.model, ov.Core().read_model(self.irs[name]), compile_fp32,
+                                             self.options.raw_outputs)
+                self.parities[name] = compare(*map(self.decoded, forced), self.parity_images)
+            else:
+                self.parities[name] = compare(reference, runner, self.parity_images)
         self.runners.setdefault("fp32", self.decoded(openvino_runner(compile_fp32(self.models["fp32"]))))
 
     @_stage("int8")

@@ -8,6 +8,9 @@ from pathlib import Path
 
 REPORT_FILE = "export_report.json"
 REPORT_SCHEMA = "babo-edge/export-report"
+# A binarized model's IRs are checked with their binary signs forced to the IR's (export.parity);
+# `parity["<precision>" + FREE_SIGNS]` is the same comparison with each side's own signs, reported.
+FREE_SIGNS = "_free_signs"
 REPORT_VERSION = 2  # 2: accuracy rows are train.evaluation.EvaluationReport
 AP_DROP_TARGET = 0.5  # AP points, INT8 vs FP32 (issue target on the demo checkpoint)
 MASK_IOU_TARGET = 0.98
@@ -42,16 +45,17 @@ class ExportReport:
 def format_summary(report: ExportReport) -> str:
     """The printed summary: stages, files, parity, accuracy and MAC*."""
     mb = 1 << 20
+    labels = {name: _parity_label(name, parity) for name, parity in report.parity.items()}
+    width = max([18, *map(len, labels.values())])
     lines = ["stages: " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in report.seconds.items()),
              "files: " + ", ".join(f"{name} {size / mb:.1f} MB" for name, size in report.files.items()
                                    if name.endswith((".onnx", ".bin")) and not name.startswith("ovms/")),
              f"OVMS: {report.ovms['config']} serves {report.ovms['name']} ({report.ovms['precision']})",
              "",
-             f"{'parity':<18} {'detections':>11} {'max|score|':>10} {'max|box|px':>10} {'mask IoU':>8} "
+             f"{'parity':<{width}} {'detections':>11} {'max|score|':>10} {'max|box|px':>10} {'mask IoU':>8} "
              f"{'px differ':>9} {'ok':>3}"]
     for name, parity in report.parity.items():
-        against = "vs FP32 IR" if name == "int8" else "vs PyTorch"
-        lines.append(f"{name.upper():<5}{against:<13} {parity['candidate_detections']:>5}/{parity['reference_detections']:<5} "
+        lines.append(f"{labels[name]:<{width}} {parity['candidate_detections']:>5}/{parity['reference_detections']:<5} "
                      f"{parity['max_score_diff']:>10.2e} {parity['max_box_diff']:>10.2e} {parity['mask_iou']:>8.4f} "
                      f"{parity['mask_mismatches']:>9} {'no' if name in report.failures else 'yes':>3}")
     accuracy = report.accuracy
@@ -75,6 +79,15 @@ def format_summary(report: ExportReport) -> str:
             lines.append(f"INT8 vs FP32: AP drop {accuracy['ap_drop']:.2f} (target <= {AP_DROP_TARGET}), "
                          + ("no mask" if iou is None else f"mask IoU {iou:.4f} (target >= {MASK_IOU_TARGET})"))
     return "\n".join(lines)
+
+
+def _parity_label(name: str, parity: dict) -> str:
+    against = "FP32 IR" if name == "int8" else "PyTorch"
+    label = f"{name.removesuffix(FREE_SIGNS).upper():<5}vs {against}"
+    if name.endswith(FREE_SIGNS):
+        return label + ", own signs"
+    flips = parity.get("sign_flips", 0)
+    return label + f", IR signs ({flips} flip{'' if flips == 1 else 's'})" if parity.get("sign_inputs") else label
 
 
 def _percent(value: float | None) -> str:

@@ -269,3 +269,45 @@ def test_int8_keeps_the_inputs_of_every_binary_sign_in_float(tmp_path):
     assert quantizers_before_signs(unprotected)
     with pytest.raises(SignQuantizedError, match="in front of a binary sign"):
         check_signs_exact(unprotected)
+
+
+def test_sign_forced_parity_pairs_every_binary_conv_with_the_irs_sign_input_and_catches_a_shifted_one(tmp_path):
+    """The PyTorch model reads the IR's sign inputs, so both take the same signs and the same
+    detections; each layer's own inputs are compared apart, so an IR whose first sign input is
+    off by 1% of its range fails there alone, while with their own signs the detections differ."""
+    pytest.importorskip("openvino")
+    from openvino import opset13 as ops
+
+    from babo_edge.export.mask_graph import sign_inputs
+    from babo_edge.export.onnx_export import export_onnx
+    from babo_edge.export.openvino_ir import compile_fp32, convert
+    from babo_edge.export.parity import FP32_TOLERANCE, SIGN_INPUT, compare, sign_forced_runners, torch_runner
+
+    torch.manual_seed(0)
+    model = build_model(mnv2_config(binarize="bireal")).eval()
+    ir = convert(export_onnx(model, (64, 64), tmp_path / "m.onnx"))
+    rng = np.random.default_rng(0)
+    images = [rng.random((1, 3, 64, 64), dtype=np.float32) * 255 for _ in range(2)]
+    read: list[int] = []
+    hooks = [conv.register_forward_pre_hook(lambda m, args: read.append(args[0].numel())) for _, conv in binary_convs(model)]
+    with torch.no_grad():
+        model(torch.from_numpy(images[0]))
+    for hook in hooks:
+        hook.remove()
+
+    reference, candidate = sign_forced_runners(model, ir, compile_fp32)
+    parity = compare(reference, candidate, images)
+    assert len(read) == 17 and parity.sign_inputs == 2 * sum(read)
+    assert parity.violations(FP32_TOLERANCE) == [] and parity.reference_detections > 0
+    assert parity.max_sign_input_diff > 0  # the values really are the IR's and PyTorch's own
+
+    first = sign_inputs(ir)[0]
+    scale = float(np.abs(candidate(images[0])[f"{SIGN_INPUT}0"]).max())
+    shifted = ops.add(first, ops.constant(np.float32(0.01 * scale)))
+    for target in [t for t in first.get_target_inputs() if t.get_node().get_type_name() == "FakeQuantize"]:
+        target.replace_source_output(shifted.output(0))
+    reference, candidate = sign_forced_runners(model, ir, compile_fp32)
+    forced = compare(reference, candidate, images).violations(FP32_TOLERANCE)
+    assert len(forced) == 1 and forced[0].startswith("binary sign inputs differ")  # the detections agree
+    free = compare(torch_runner(model), candidate, images).violations(FP32_TOLERANCE)
+    assert free and not any("sign" in problem for problem in free)  # own signs: other detections
