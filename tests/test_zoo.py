@@ -17,13 +17,14 @@ VANILLA, BABO = ZOO / "vanilla-ssdlite-256.pt", ZOO / "babo-ssdlite-256.pt"
 BIDET = ZOO / "bidet-ssdlite-256.pt"
 PRUNED = ZOO / "pruned-channels50-ssdlite-256.pt"
 VGG = ZOO / "vgg16-bn-ssd300-w025.pt"
+BIDET_VGG = ZOO / "bidet-vgg16-bn-ssd300-w025.pt"
 
 
-@pytest.mark.parametrize("path", [VANILLA, BABO, BIDET, PRUNED, VGG])
+@pytest.mark.parametrize("path", [VANILLA, BABO, BIDET, PRUNED, VGG, BIDET_VGG])
 def test_zoo_checkpoints_load_and_match_the_builtin_classes(path, tiny_dataset):
     model, ckpt = load_model(path)
     assert ckpt.class_names == read_manifest(tiny_dataset)["class_names"]
-    assert ckpt.config.input_size == ((300, 300) if path == VGG else (256, 256)) and ckpt.training_state is None
+    assert ckpt.config.input_size == ((300, 300) if path in (VGG, BIDET_VGG) else (256, 256)) and ckpt.training_state is None
     assert ckpt.metadata["command"].startswith("train/train.py")
     assert (model.omg is not None) == (path == BABO)
 
@@ -53,6 +54,15 @@ def test_bidet_checkpoint_is_the_binarized_vanilla_detector():
     model, ckpt = load_model(BIDET)
     assert ckpt.config.binarize == "bireal" and ckpt.metadata["train_config"]["binarize"] == "bidet"
     assert len(binary_convs(model)) == 17  # the 1x1 expansions and head_conv (models/binary.py)
+
+
+def test_bidet_vgg16_checkpoint_binarizes_the_vgg16_bn_trunk():
+    from babo_edge.models.binary import binary_convs
+
+    model, ckpt = load_model(BIDET_VGG)
+    assert (ckpt.config.arch, ckpt.config.width, ckpt.config.binarize) == ("vgg16-bn-ssd300", 0.25, "bireal")
+    assert ckpt.metadata["train_config"]["binarize"] == "bidet"
+    assert len(binary_convs(model)) == 14  # every trunk conv but conv1_1, fc6 and fc7 (models/binary.py)
 
 
 def test_pruned_checkpoint_is_the_vanilla_detector_with_half_its_hidden_channels_removed():
