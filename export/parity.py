@@ -86,10 +86,16 @@ def sign_forced_runners(model: BABODetector, ov_model, compile_model: Callable, 
     outputs = [(output.get_any_name(), output) for output in compiled.outputs[:-len(exposed)]]
     signs = compiled.outputs[-len(exposed):]
 
+    latest: list = []  # [images, outputs]: the reference and then compare() ask for the same image
+
     def candidate(images: np.ndarray) -> Outputs:
+        if latest and np.array_equal(latest[0], images):
+            return latest[1]
         results = compiled(images)
-        return {name: results[output] for name, output in outputs} | {
+        found = {name: results[output] for name, output in outputs} | {
             f"{SIGN_INPUT}{k}": results[output] for k, output in enumerate(signs)}
+        latest[:] = [images.copy(), found]
+        return found
 
     eager = torch_runner(model, raw)
 
