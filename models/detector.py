@@ -4,11 +4,11 @@ from __future__ import annotations
 from typing import Callable, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from babo_edge.models.anchors import BoxCoder
 from babo_edge.models.blackout import ConvInputBlackout, binarize
-from babo_edge.models.layers import resize_bilinear
 from babo_edge.models.postprocess import PostprocessConfig, detect
 
 AnchorFn = Callable[[list[tuple[int, int]], tuple[int, int]], torch.Tensor]
@@ -90,7 +90,7 @@ class BABODetector(nn.Module):
         size = tuple(normalized.shape[-2:])
         omg_in = normalized
         if self.omg_size and self.omg_size != size:
-            omg_in = resize_bilinear(normalized, self.omg_size)
+            omg_in = F.interpolate(normalized, size=self.omg_size, mode="bilinear", align_corners=False)
         logits = self.omg(omg_in, output_size=size)
         return binarize(logits, self.argmax, self.beta, self.training), logits
 

@@ -7,7 +7,6 @@ from torch import nn
 from babo_edge.models.blackout import (MaskPyramid, hard_argmax, random_mask, sg_argmax, soft_argmax,
                              spectral_residual_mask)
 from babo_edge.models.builders import ModelConfig, build_model
-from babo_edge.models.layers import resize_bilinear
 from babo_edge.models.postprocess import detect
 
 
@@ -77,29 +76,6 @@ def test_omg_mask_is_binary_and_blacks_out_the_detector():
     for name, x in inputs:
         m = pooled(mask, x.shape[-2:]).expand_as(x)
         assert torch.all(x[m == 0] == 0), name
-
-
-@pytest.mark.parametrize("in_hw, out_hw, exported_as", [
-    ((512, 512), (256, 256), "AveragePool"),  # the paper-scale OMG
-    ((96, 120), (32, 40), "AveragePool"),  # odd factor: a strided subsample (kernel 1)
-    ((64, 96), (16, 24), "AveragePool"),  # factor 4: the mean of the two middle pixels
-    ((90, 60), (18, 20), "AveragePool"),  # a different factor per side
-    ((64, 64), (48, 48), "Resize"),  # not an integer factor: bilinear itself
-    ((64, 64), (64, 64), None),  # same size: the input itself
-])
-def test_omg_input_resize_equals_bilinear_and_exports_an_average_pool_at_integer_factors(in_hw, out_hw, exported_as, tmp_path):
-    torch.manual_seed(0)
-    x = torch.rand(2, 3, *in_hw) * 255
-    reference = F.interpolate(x, size=out_hw, mode="bilinear", align_corners=False)
-    resized = resize_bilinear(x, out_hw)
-    assert resized.shape == reference.shape
-    assert torch.allclose(resized, reference, rtol=0, atol=255 * 2 ** -23 * 2)  # a rounding of 0..255 values
-    onnx = pytest.importorskip("onnx")
-    path = tmp_path / "resize.onnx"
-    torch.onnx.export(type("Resize", (nn.Module,), {"forward": lambda self, t: resize_bilinear(t, out_hw)})(),
-                      (x,), str(path), dynamo=False)
-    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
-    assert ops & {"AveragePool", "Resize"} == ({exported_as} if exported_as else set())
 
 
 def test_vanilla_model_is_not_masked():
