@@ -199,7 +199,8 @@ def test_the_exported_sign_switches_at_zero_exactly_as_the_eager_one(tmp_path):
     conv = BinaryConv2d(16, 1, 1, bias=False).eval()
     with torch.no_grad():
         conv.weight.fill_(1.0)
-    values = torch.tensor([-1e-6, -1e-20, 0.0, 1e-20, 1e-7, 3e-7, 5e-7, 6e-7, 1.0])  # no denormals: the CPU flushes them
+    # no denormals (the CPU flushes them), nor |x| < ~1e-11, which ties to -1 (models.binary.FQ_STEP)
+    values = torch.tensor([-1e-6, -1e-20, 0.0, 1e-10, 1e-7, 3e-7, 5e-7, 6e-7, 1.0])
     x = values.view(1, 1, 1, -1).repeat(1, 16, 1, 1)
     path = tmp_path / "sign.onnx"
     torch.onnx.export(conv, x, path, dynamo=False)
@@ -239,6 +240,35 @@ def test_the_int8_ir_of_a_binarized_model_compiles_on_cpu_with_its_binary_convol
     types = Counter(op.get_rt_info()["layerType"].astype(str) for op in compiled.get_runtime_model().get_ops())
     assert types["BinaryConvolution"] == 17
     assert np.isfinite(compiled(rng.random((1, 3, 64, 64), dtype=np.float32) * 255)[0]).all()
+
+
+def test_int8_signs_switch_at_zero_after_the_plugin_folds_a_bias_into_them(tmp_path):
+    """The INT8 CPU pipeline folds the per-channel Add in front of a sign into the sign's
+    FakeQuantize bounds; the bounds must survive it (models.binary.FQ_STEP). Every sign input
+    here is a bias of +-3 plus at most 0.16, so the INT8 IR's binary output is exact."""
+    nncf = pytest.importorskip("nncf")
+    from babo_edge.export.mask_graph import sign_input_nodes
+    from babo_edge.export.openvino_ir import compile_fp32, convert
+    from babo_edge.export.pipeline import compile_cpu
+
+    torch.manual_seed(0)
+    first, second = BinaryConv2d(16, 16, 1, bias=True), BinaryConv2d(16, 8, 1, bias=False)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), first, second).eval()
+    with torch.no_grad():
+        first.weight.copy_(0.01 * torch.randn_like(first.weight).sign())  # alpha 0.01: |conv| <= 0.16
+        first.bias.copy_(3.0 * torch.randn(16).sign())
+    x = torch.rand(1, 3, 16, 16) * 255
+    torch.onnx.export(model, x, tmp_path / "m.onnx", dynamo=False)
+    ir = convert(tmp_path / "m.onnx")
+    rng = np.random.default_rng(0)
+    scope = nncf.IgnoredScope(names=[node.get_friendly_name() for node in sign_input_nodes(ir)])  # as the export's
+    int8 = nncf.quantize(ir, nncf.Dataset([rng.random((1, 3, 16, 16), dtype=np.float32) * 255 for _ in range(4)]),
+                         subset_size=4, ignored_scope=scope)
+    assert any(op.get_type_name() == "FakeQuantize" and op.get_attributes()["levels"] == 256 for op in int8.get_ops())
+    with torch.no_grad():
+        expected = model(x).numpy()
+    np.testing.assert_allclose(compile_fp32(ir)(x.numpy())[0], expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(compile_cpu(int8)(x.numpy())[0], expected, rtol=0, atol=1e-6)
 
 
 def test_int8_keeps_the_inputs_of_every_binary_sign_in_float(tmp_path):
