@@ -309,14 +309,61 @@ class CostModel:
     def roi(self, area: float) -> float:
         return self.fixed + self.per_area * area
 
-    def prefers_roi(self, area: float) -> bool:
-        """Once the OMG has run: the crop rather than the dense detector."""
-        return self.roi(area) < self.detector
+    def frame(self, path: str, area: float | None) -> float:
+        """A frame's time on `path`: "dense" (the one dense graph), "empty" (the OMG alone),
+        "roi" (the OMG, then the crop of `area`) or "omg_dense" (the OMG, then the dense detector)."""
+        if path == "dense":
+            return self.dense
+        if path == "empty":
+            return self.omg
+        return self.omg + (self.roi(area) if path == "roi" else self.detector)
+
+
+OBSERVED_WEIGHT = 0.2  # weight of one frame's observed / predicted time in a path's running scale
+EXPLORE_EVERY = 64  # frames (x its predicted cost ratio) after which the path not taken runs once again
+PATHS = ("dense", "empty", "roi", "omg_dense")
+
+
+class AdaptiveCost:
+    """The compile-time CostModel, corrected by what the frames take: each path's prediction is
+    scaled by a running average of observed / predicted (clock speed, load and caches change
+    after compiling, and one path can suffer more than another), and a path that has not run
+    for a while runs once to measure it again. Every path gives the same detections,
+    so a wrong guess or an exploring frame costs only time."""
+
+    def __init__(self, prior: CostModel):
+        self.prior = prior
+        self.scale = dict.fromkeys(PATHS, 1.0)
+        self.idle = dict.fromkeys(PATHS, 0)  # frames since each path last ran
+
+    def predicted(self, path: str, area: float | None) -> float:
+        return self.scale[path] * self.prior.frame(path, area)
 
     def omg_first(self, area: float | None) -> bool:
-        """For a crop of `area` (None: empty mask): the OMG, then the cheaper path, rather than the
-        one dense graph."""
-        return self.omg + (0.0 if area is None else min(self.roi(area), self.detector)) < self.dense
+        """For a crop of `area` (None: empty mask; the previous frame's): the OMG first, rather
+        than the one dense graph."""
+        first = "empty" if area is None else min(("roi", "omg_dense"), key=lambda path: self.predicted(path, area))
+        if self.predicted(first, area) < self.predicted("dense", area):
+            return not self._explore(first, "dense", self.idle["dense"], area)
+        return self._explore("dense", first, min(self.idle[path] for path in PATHS if path != "dense"), area)
+
+    def prefers_roi(self, area: float, compiled: bool = True) -> bool:
+        """Once the OMG has run: the crop rather than the dense detector. Not to explore a crop
+        whose model is not `compiled` yet: compiling would be the measure."""
+        if self.predicted("roi", area) < self.predicted("omg_dense", area):
+            return not self._explore("roi", "omg_dense", self.idle["omg_dense"], area)
+        return compiled and self._explore("omg_dense", "roi", self.idle["roi"], area)
+
+    def _explore(self, chosen: str, other: str, idle: int, area: float | None) -> bool:
+        """Whether to run `other` instead, idle for `idle` frames: after EXPLORE_EVERY frames,
+        longer the dearer it is predicted, so exploring costs at most ~1/EXPLORE_EVERY of the time."""
+        return idle >= EXPLORE_EVERY * max(1.0, self.predicted(other, area) / self.predicted(chosen, area))
+
+    def observe(self, path: str, area: float | None, seconds: float) -> None:
+        ratio = min(max(seconds / self.prior.frame(path, area), 0.25), 4.0)  # one preempted frame moves it little
+        self.scale[path] += OBSERVED_WEIGHT * (ratio - self.scale[path])
+        for name in PATHS:
+            self.idle[name] = 0 if name == path else self.idle[name] + 1
 
 
 class SparseRunner:
@@ -324,7 +371,8 @@ class SparseRunner:
     detector), "roi" or "dense" and crop (y0, x0, h, w) in input pixels (None: empty).
 
     `execution`: "roi" runs the OMG first and a crop whenever it is smaller than the input;
-    "auto" asks the cost model (measured here, `repeats` runs per model) with the previous
+    "auto" asks the cost model (measured here, `repeats` runs per model, then corrected by the
+    frames' own times: AdaptiveCost) with the previous
     frame's crop whether to run the OMG first at all (else the one dense graph: a camera's
     frames change little, and any choice gives the same detections), then which path. Crop
     models are compiled on first use of their size (a CACHE_DIR in `config` keeps them)."""
@@ -340,7 +388,7 @@ class SparseRunner:
         self._detector = self._with_mask(self._compile(self.plan.detector).create_infer_request())
         self._rois: dict[tuple[int, int], ov.InferRequest] = {}
         self._full = self._compile(self.plan.dense).create_infer_request() if execution == "auto" else None
-        self.cost = self._measure(repeats) if execution == "auto" else None
+        self.cost = AdaptiveCost(self._measure(repeats)) if execution == "auto" else None
         self._previous_area: float | None = None  # crop area of the last frame (None: empty)
 
     def _compile(self, model: ov.Model) -> ov.CompiledModel:
@@ -362,6 +410,14 @@ class SparseRunner:
         return self._rois[crop_hw]
 
     def run(self, inputs: np.ndarray) -> tuple[dict[str, np.ndarray], str, tuple[int, int, int, int] | None]:
+        start, compiled = time.perf_counter(), len(self._rois)
+        outputs, path, crop, area = self._run(inputs)
+        if self.cost is not None and len(self._rois) == compiled:  # a frame that compiled a crop model is no measure
+            self.cost.observe(path, area, time.perf_counter() - start)
+        return outputs, "dense" if path == "omg_dense" else path, crop
+
+    def _run(self, inputs: np.ndarray) -> tuple[dict[str, np.ndarray], str, tuple[int, int, int, int] | None, float | None]:
+        """One frame -> (outputs, path of AdaptiveCost, crop, crop area)."""
         first = self.cost is None or self.cost.omg_first(self._previous_area)
         request = self._omg if first else self._full
         request.infer({0: inputs}, share_inputs=True)
@@ -371,21 +427,21 @@ class SparseRunner:
         outputs = {MASK: request.get_tensor(MASK).data.copy()}
         if not first:
             outputs[DETECTIONS] = request.get_tensor(DETECTIONS).data.copy()
-            return outputs, "dense", crop
+            return outputs, "dense", crop, area
         if crop is None:
             outputs[DETECTIONS] = np.zeros((0, 7), np.float32)
-            return outputs, "empty", None
+            return outputs, "empty", None, None
         y0, x0, h, w = crop
-        if (h, w) == self.plan.input_hw or (self.cost is not None and not self.cost.prefers_roi(area)):
-            request, execution = self._detector, "dense"
+        if (h, w) == self.plan.input_hw or (self.cost is not None and not self.cost.prefers_roi(area, (h, w) in self._rois)):
+            request, path = self._detector, "omg_dense"
             request.infer({"image": inputs}, share_inputs=True)
         else:
-            request, execution = self.roi_request((h, w)), "roi"
+            request, path = self.roi_request((h, w)), "roi"
             request.get_tensor(OFFSET_INPUT).data[:] = (y0 // ROI_STRIDE, x0 // ROI_STRIDE)
             request.infer({IMAGE_CROP: inputs[..., y0:y0 + h, x0:x0 + w],
                            MASK_CROP: outputs[MASK][..., y0:y0 + h, x0:x0 + w]})
         outputs[DETECTIONS] = request.get_tensor(DETECTIONS).data.copy()
-        return outputs, execution, crop
+        return outputs, path, crop, area
 
     def _measure(self, repeats: int) -> CostModel:
         """Latency of the dense detector and of ROI crops of 1, ~1/4 and ~1/2 of the cells

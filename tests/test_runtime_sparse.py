@@ -2,6 +2,7 @@
 the dense graph's detections, auto picks per frame."""
 import copy
 import dataclasses
+import math
 
 import cv2
 import numpy as np
@@ -12,7 +13,8 @@ import torch
 from babo_edge.export import parity, quantize
 from babo_edge.models.builders import ModelConfig, build_model
 from babo_edge.runtime.detector import Detector, ModelError, preprocess
-from babo_edge.runtime.sparse import IMAGE_CROP, MASK_CROP, OFFSET_INPUT, ROI_STRIDE, CostModel, SparsePlan, crop_of
+from babo_edge.runtime.sparse import (EXPLORE_EVERY, IMAGE_CROP, MASK_CROP, OFFSET_INPUT, ROI_STRIDE, AdaptiveCost,
+                                      CostModel, SparsePlan, crop_of)
 from test_runtime_detector import with_info
 from tiny import CONFIG, FP32, export_ir
 
@@ -188,15 +190,40 @@ def test_roi_is_reported_in_frame_pixels(xml, calib_frames):
         assert x1 % 64 == 0 and y1 % 16 == 0 and x2 <= 256 and y2 <= 64 and (x2 - x1) * (y2 - y1) < 256 * 64
 
 
+PRIOR = CostModel(omg=0.3, detector=1.0, dense=1.1, fixed=0.1, per_area=1.1)
+
+
 def test_cost_model_picks_the_cheaper_path():
-    cost = CostModel(omg=0.3, detector=1.0, dense=1.1, fixed=0.1, per_area=1.1)
-    assert cost.prefers_roi(0.5) and not cost.prefers_roi(0.9)
-    assert cost.omg_first(None) and cost.omg_first(0.3) and not cost.omg_first(0.8)
+    cost = AdaptiveCost(PRIOR)
+    assert cost.prefers_roi(0.5) and not cost.prefers_roi(0.9)  # 0.3 + 0.1 + 1.1 * area vs 0.3 + 1.0
+    assert cost.omg_first(None) and cost.omg_first(0.3) and not cost.omg_first(0.8)  # vs the dense graph's 1.1
+
+
+def test_cost_model_follows_the_observed_times_and_explores_the_path_not_taken():
+    cost = AdaptiveCost(PRIOR)
+    assert cost.omg_first(0.3)  # predicted 0.3 + 0.1 + 0.33 = 0.73 < 1.1
+    for _ in range(10):  # the crops take twice their prediction (1.46 s), the dense graph is as measured
+        cost.observe("roi", 0.3, 2 * PRIOR.frame("roi", 0.3))
+    assert cost.scale["roi"] == pytest.approx(2 - 0.8 ** 10) and not cost.omg_first(0.3)
+    assert cost.predicted("roi", 0.3) == pytest.approx(cost.scale["roi"] * 0.73)
+    ran = []
+    for _ in range(2 * EXPLORE_EVERY):
+        path = "dense" if not cost.omg_first(0.3) else "roi" if cost.prefers_roi(0.3) else "omg_dense"
+        ran.append(path)
+        cost.observe(path, 0.3, {"dense": 1.1, "roi": 1.46, "omg_dense": 1.3}[path])
+    # the dense graph, and after EXPLORE_EVERY frames x the cost ratio of the best OMG-first path
+    # (0.3 + 1.0 vs 1.1), an OMG-first frame to look again
+    assert [i for i, path in enumerate(ran) if path != "dense"] == [math.ceil(EXPLORE_EVERY * 1.3 / 1.1)]
+    cost.idle["roi"] = 10 * EXPLORE_EVERY
+    assert cost.prefers_roi(0.9) and not cost.prefers_roi(0.9, compiled=False)  # no compiling to explore
+    before = cost.scale["roi"]
+    cost.observe("roi", 0.3, 1e-9)  # a nonsense time counts as a quarter of the prediction
+    assert cost.scale["roi"] == pytest.approx(before + 0.2 * (0.25 - before))
 
 
 def test_auto_runs_the_dense_graph_after_a_large_crop_and_stays_exact(xml, calib_frames):
     dense, auto = Detector(xml, config=FP32), Detector(xml, config=FP32, execution="auto")
-    auto._sparse.cost = CostModel(omg=0.3, detector=1.0, dense=1.1, fixed=0.1, per_area=1.1)
+    auto._sparse.cost = AdaptiveCost(PRIOR)
     auto._sparse._previous_area = 1.0  # as after a full-frame crop: one call of the dense graph
     sequence = [calib_frames[0], np.zeros_like(calib_frames[1]), calib_frames[1], calib_frames[2]]
     ran = []
