@@ -335,6 +335,7 @@ class AdaptiveCost:
         self.prior = prior
         self.scale = dict.fromkeys(PATHS, 1.0)
         self.idle = dict.fromkeys(PATHS, 0)  # frames since each path last ran
+        self.count = dict.fromkeys(PATHS, 0)  # frames observed per path
 
     def predicted(self, path: str, area: float | None) -> float:
         return self.scale[path] * self.prior.frame(path, area)
@@ -360,8 +361,11 @@ class AdaptiveCost:
         return idle >= EXPLORE_EVERY * max(1.0, self.predicted(other, area) / self.predicted(chosen, area))
 
     def observe(self, path: str, area: float | None, seconds: float) -> None:
+        """One frame's time on `path`: the prior and the first frames are averaged alike, later
+        frames weigh OBSERVED_WEIGHT (a wrong prior is left after a few frames)."""
         ratio = min(max(seconds / self.prior.frame(path, area), 0.25), 4.0)  # one preempted frame moves it little
-        self.scale[path] += OBSERVED_WEIGHT * (ratio - self.scale[path])
+        self.count[path] += 1
+        self.scale[path] += max(OBSERVED_WEIGHT, 1 / (self.count[path] + 1)) * (ratio - self.scale[path])
         for name in PATHS:
             self.idle[name] = 0 if name == path else self.idle[name] + 1
 
