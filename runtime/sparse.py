@@ -9,7 +9,7 @@ head outputs there never matter, so no background constants are needed.
 - ROI: the foreground's bounding box (from the OMG's row and column maxima of the mask: H + W
   values for the host to scan), snapped to the stride-32 grid (the backbone's output stride:
   `ROI_STRIDE`), runs the fine part (backbone and the heads at strides <= 32) on the
-  crop; its outputs are pasted (ScatterUpdate at the crop's offset, zeros elsewhere) into
+  crop; its outputs are pasted (padded with zeros to the crop's offset) into
   full-size maps, and the coarse part (SSDLite extra layers, heads, decoding, NMS) runs densely
   on them. Outside the crop the dense graph sees exact zeros too at every conv input, and the
   pasted head maps are read only at anchors the mask keeps alive.
@@ -233,12 +233,6 @@ class SparsePlan:
             parameter.output(0).get_tensor().set_names({name})
         offset = ops.parameter([2], ov.Type.i64, name=OFFSET_INPUT)
         offset.output(0).get_tensor().set_names({OFFSET_INPUT})
-        row, col = (ops.gather(offset, ops.constant(np.array([i], np.int64)), ops.constant(np.int64(0)))
-                    for i in (0, 1))
-
-        def indices(start_cells, length: int, level: int) -> ov.Output:
-            scale = ops.constant(np.array([ROI_STRIDE >> level], np.int64))
-            return ops.add(ops.multiply(start_cells, scale), ops.constant(np.arange(length, dtype=np.int64))).output(0)
 
         # Shapes of the fine part on the crop, before pasting it.
         producers = {(cut.producer, cut.port) for cut in self._cuts if cut.level >= 0}
@@ -257,23 +251,25 @@ class SparsePlan:
             key = (cut.producer, cut.port)
             if key not in pasted:
                 full = self._ops[cut.producer].output(cut.port)
-                pasted[key] = self._paste(fine_ops[cut.producer].output(cut.port), full, cut.level,
-                                          indices, row, col, crop_hw)
+                pasted[key] = self._paste(fine_ops[cut.producer].output(cut.port), full, cut.level, offset, crop_hw)
             coarse_ops[cut.consumer].input(cut.input).replace_source_output(pasted[key])
         roi = ov.Model([_result_of(coarse, DETECTIONS)], [image, mask, coarse_mask, offset], f"babo_roi_{crop_h}x{crop_w}")
         roi.validate_nodes_and_infer_types()
         return roi
 
     @staticmethod
-    def _paste(value: ov.Output, full: ov.Output, level: int, indices, row, col, crop_hw) -> ov.Output:
-        """`value` (1, C, h, w) on the crop -> (1, C, H, W) at the crop's place, zeros elsewhere."""
-        n, channels, height, width = full.get_partial_shape().to_shape()
+    def _paste(value: ov.Output, full: ov.Output, level: int, offset: ov.Node, crop_hw) -> ov.Output:
+        """`value` (1, C, h, w) on the crop -> (1, C, H, W) at the crop's place (`offset` in
+        stride-32 cells), zeros elsewhere: a Pad by run-time amounts, reshaped to the static full
+        shape (cheaper than ScatterUpdates into broadcast zeros: benchmarks/README.md)."""
+        shape = full.get_partial_shape().to_shape()
         h, w = (math.ceil(side / (1 << level)) for side in crop_hw)
-        zero = ops.constant(np.zeros((), full.get_element_type().to_dtype()))
-        rows = ops.scatter_update(ops.broadcast(zero, ops.constant(np.array([n, channels, height, w], np.int64))),
-                                  indices(row, h, level), value, ops.constant(np.int64(2)))
-        return ops.scatter_update(ops.broadcast(zero, ops.constant(np.array([n, channels, height, width], np.int64))),
-                                  indices(col, w, level), rows, ops.constant(np.int64(3))).output(0)
+        start = ops.multiply(offset, ops.constant(np.array([ROI_STRIDE >> level] * 2, np.int64)))
+        zeros = ops.constant(np.zeros(2, np.int64))
+        begin = ops.concat([zeros, start], 0)
+        end = ops.concat([zeros, ops.subtract(ops.constant(np.array([shape[2] - h, shape[3] - w], np.int64)), start)], 0)
+        padded = ops.pad(value, begin, end, "constant", ops.constant(np.zeros((), full.get_element_type().to_dtype())))
+        return ops.reshape(padded, ops.constant(np.array(shape, np.int64)), False).output(0)
 
 
 def crop_of(rows: np.ndarray, cols: np.ndarray, input_hw: tuple[int, int]) -> tuple[int, int, int, int] | None:
