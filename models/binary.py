@@ -29,9 +29,9 @@ SCHEMES = ("bireal",)
 # FakeQuantize levels=2 switches at the midpoint of [input_low, input_high] (equal bounds give NaN
 # on the CPU plugin): an interval centred on 0 switches at 0, and sign(0) = -1 as in `binary_sign`;
 # |x| below ~1e-11 (float rounding of the midpoint) ties to -1. The interval must stay wide once
-# the plugin folds a preceding per-channel Add into the bounds (its INT8 pipeline does): a
-# [-5e-21, 5e-21] collapsed there (every input of a layer switching at one rounded point; the BiDet
-# VGG16's INT8 AP fell from 10.4 to 3.5), and the older [0, 1e-6] turned (0, 5e-7] into -1.
+# the plugin folds a preceding per-channel Add into the bounds (its INT8 pipeline does): an
+# interval of 1e-20 collapsed there (benchmarks/README.md#bidet), and the older [0, 1e-6] turned
+# (0, 5e-7] into -1.
 FQ_STEP = 2e-4
 
 
