@@ -372,9 +372,9 @@ class SparseRunner:
 
     `execution`: "roi" runs the OMG first and a crop whenever it is smaller than the input;
     "auto" asks the cost model (measured here, `repeats` runs per model, then corrected by the
-    frames' own times: AdaptiveCost) with the previous
-    frame's crop whether to run the OMG first at all (else the one dense graph: a camera's
-    frames change little, and any choice gives the same detections), then which path. Crop
+    frames' own times: AdaptiveCost) with the previous frame's crop whether to run the OMG first
+    at all (else the one dense graph: a camera's frames change little, and any choice gives the
+    same detections), then which path. Crop
     models are compiled on first use of their size (a CACHE_DIR in `config` keeps them)."""
 
     def __init__(self, model: ov.Model, input_hw: tuple[int, int], core: ov.Core, device: str, config: dict,

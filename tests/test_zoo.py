@@ -62,7 +62,7 @@ def test_bidet_vgg16_checkpoint_binarizes_the_vgg16_bn_trunk():
     model, ckpt = load_model(BIDET_VGG)
     assert (ckpt.config.arch, ckpt.config.width, ckpt.config.binarize) == ("vgg16-bn-ssd300", 0.25, "bireal")
     assert ckpt.metadata["train_config"]["binarize"] == "bidet"
-    assert len(binary_convs(model)) == 14  # every trunk conv but conv1_1, fc6 and fc7 (models/binary.py)
+    assert len(binary_convs(model)) == 14  # conv1_2 .. conv5_3, fc6 and fc7: every trunk conv but conv1_1 (models/binary.py)
 
 
 def test_pruned_checkpoint_is_the_vanilla_detector_with_half_its_hidden_channels_removed():
