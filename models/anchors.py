@@ -148,14 +148,12 @@ class BoxCoder:
                             torch.log(w / aw), torch.log(h / ah)], dim=-1) / v
 
     def decode(self, deltas: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
-        v = deltas.new_tensor(self.variances)
-        d = deltas * v
-        acx, acy, aw, ah = _center_size(anchors)
-        cx = acx + d[..., 0] * aw
-        cy = acy + d[..., 1] * ah
-        w = aw * torch.exp(d[..., 2].clamp(max=self.max_log_ratio))
-        h = ah * torch.exp(d[..., 3].clamp(max=self.max_log_ratio))
-        return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
+        # (x, y) and (w, h) as pairs: one concatenation in the exported graph instead of a stack of 4.
+        d = deltas * deltas.new_tensor(self.variances)
+        anchor_size = anchors[..., 2:] - anchors[..., :2]
+        centre = anchors[..., :2] + anchor_size / 2 + d[..., :2] * anchor_size
+        half = anchor_size * torch.exp(d[..., 2:].clamp(max=self.max_log_ratio)) / 2
+        return torch.cat([centre - half, centre + half], dim=-1)
 
 
 def _center_size(boxes: torch.Tensor) -> tuple[torch.Tensor, ...]:

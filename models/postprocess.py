@@ -1,8 +1,9 @@
 """Decode + class-aware NMS + top-k, in torch and traceable for ONNX export.
 
 The graph is fixed-shape up to the NMS: per image the `pre_nms_top_k` best (anchor, class)
-pairs are taken, boxes decoded and clipped, shifted by class so one NMS call is class-aware,
-and NMS keeps at most `max_detections` boxes per image. NMS is an autograd Function whose eager
+pairs are the candidates (all of them when no more pass the score threshold), boxes decoded
+and clipped, shifted by class so one NMS call is class-aware, and NMS keeps at most
+`max_detections` boxes per image. NMS is an autograd Function whose eager
 forward is a greedy NMS and whose ONNX symbolic is the standard `NonMaxSuppression` op (which
 OpenVINO and onnxruntime run natively), so eager and exported models share one definition.
 
@@ -90,6 +91,17 @@ def _greedy_nms(boxes, scores, max_per_class: int, iou_threshold: float, score_t
     return torch.tensor(selected, dtype=torch.int64).reshape(-1, 3)
 
 
+@torch.jit.script
+def keep_top_k(scores: torch.Tensor, k: int, threshold: float) -> torch.Tensor:
+    """(N, P) scores with all but each row's k best set to 0, or unchanged when no row has more
+    than k above `threshold`: NMS ignores scores <= threshold, so the common case skips the
+    top-k sort (scripted, so the branch is an ONNX If and the graph skips it too)."""
+    if int((scores > threshold).sum(dim=1).max()) > k:
+        values, indices = scores.topk(k, dim=1)
+        return torch.zeros_like(scores).scatter(1, indices, values)
+    return scores
+
+
 def detect(cls_logits: torch.Tensor, box_deltas: torch.Tensor, anchors: torch.Tensor,
            image_hw: tuple[int, int], coder: BoxCoder, activation: str,
            config: PostprocessConfig, alive: torch.Tensor | None = None) -> torch.Tensor:
@@ -99,25 +111,22 @@ def detect(cls_logits: torch.Tensor, box_deltas: torch.Tensor, anchors: torch.Te
     if alive is not None:
         scores = scores * alive[..., None].to(scores.dtype)
     n, a, c = scores.shape
-    k = min(config.pre_nms_top_k, a * c)
-    top_scores, flat_idx = scores.reshape(n, a * c).topk(k, dim=1)
-    anchor_idx = torch.div(flat_idx, c, rounding_mode="floor")
-    labels = flat_idx - anchor_idx * c
-    deltas = torch.gather(box_deltas, 1, anchor_idx[..., None].expand(n, k, 4))
-    boxes = coder.decode(deltas, anchors[anchor_idx])
+    pair_scores = keep_top_k(scores.reshape(n, a * c), min(config.pre_nms_top_k, a * c), config.score_threshold)
     h, w = image_hw
-    boxes = torch.stack([boxes[..., 0].clamp(0, w), boxes[..., 1].clamp(0, h),
-                         boxes[..., 2].clamp(0, w), boxes[..., 3].clamp(0, h)], dim=-1)
-    # Class-aware NMS in one call: boxes of different classes are moved apart so they never overlap.
-    shifted = boxes + (labels.to(boxes.dtype) * (max(h, w) + 1))[..., None]
-    keep = _NonMaxSuppression.apply(shifted, top_scores[:, None, :], config.max_detections,
+    boxes = torch.minimum(coder.decode(box_deltas, anchors).clamp(min=0), anchors.new_tensor([w, h, w, h]))
+    # Class-aware NMS in one call over every (anchor, class) pair: boxes of different classes
+    # are moved apart so they never overlap.
+    shift = torch.arange(c, dtype=boxes.dtype) * (max(h, w) + 1)
+    shifted = (boxes[:, :, None, :] + shift[None, None, :, None]).reshape(n, a * c, 4)
+    keep = _NonMaxSuppression.apply(shifted, pair_scores[:, None, :], config.max_detections,
                                     config.iou_threshold, config.score_threshold)
-    image_idx, box_idx = keep[:, 0], keep[:, 2]
+    image_idx, pair_idx = keep[:, 0], keep[:, 2]
+    anchor_idx = torch.div(pair_idx, c, rounding_mode="floor")
     return torch.cat([
         image_idx[:, None].to(boxes.dtype),
-        labels[image_idx, box_idx][:, None].to(boxes.dtype),
-        top_scores[image_idx, box_idx][:, None],
-        boxes[image_idx, box_idx],
+        (pair_idx - anchor_idx * c)[:, None].to(boxes.dtype),
+        pair_scores[image_idx, pair_idx][:, None],
+        boxes[image_idx, anchor_idx],
     ], dim=1)
 
 

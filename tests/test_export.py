@@ -99,7 +99,7 @@ def test_mask_path_runs_from_the_argmax_to_every_detector_conv(tiny_model, tiny_
                for multiply, _ in path.multiplies for target in multiply.output(0).get_target_inputs())
     assert len(masked_convs) == sum(net == "od" for net, *_ in network_convs(tiny_model))
     post = {node.get_type_name() for node in post}
-    assert {"NonMaxSuppression", "TopK", "Softmax"} <= post and not post & set(mask_graph.CONVOLUTIONS)
+    assert {"NonMaxSuppression", "If", "Softmax"} <= post and not post & set(mask_graph.CONVOLUTIONS)
 
 
 def test_int8_keeps_the_mask_exact(tiny_ir, int8, calib_images):
