@@ -35,7 +35,9 @@ def class_scores(cls_logits: torch.Tensor, activation: str) -> torch.Tensor:
     "sigmoid": RetinaNet, C' = C.
     """
     if activation == "softmax":
-        return torch.softmax(cls_logits, dim=-1)[..., :-1]
+        # Over the anchors' axis: OpenVINO's CPU Softmax on a short innermost axis (C' = 7)
+        # does not vectorise, and two Transposes cost less than the difference.
+        return torch.softmax(cls_logits.transpose(1, 2), dim=1).transpose(1, 2)[..., :-1]
     if activation == "sigmoid":
         return torch.sigmoid(cls_logits)
     raise ValueError(f"unknown score activation {activation!r}")
@@ -97,7 +99,7 @@ def keep_top_k(scores: torch.Tensor, k: int, threshold: float) -> torch.Tensor:
     than k above `threshold`: NMS ignores scores <= threshold, so the common case skips the
     top-k sort (scripted, so the branch is an ONNX If and the graph skips it too)."""
     if int((scores > threshold).sum(dim=1).max()) > k:
-        values, indices = scores.topk(k, dim=1)
+        values, indices = scores.topk(min(k, scores.shape[1]), dim=1)
         return torch.zeros_like(scores).scatter(1, indices, values)
     return scores
 
@@ -111,7 +113,7 @@ def detect(cls_logits: torch.Tensor, box_deltas: torch.Tensor, anchors: torch.Te
     if alive is not None:
         scores = scores * alive[..., None].to(scores.dtype)
     n, a, c = scores.shape
-    pair_scores = keep_top_k(scores.reshape(n, a * c), min(config.pre_nms_top_k, a * c), config.score_threshold)
+    pair_scores = keep_top_k(scores.reshape(n, a * c), config.pre_nms_top_k, config.score_threshold)
     h, w = image_hw
     boxes = torch.minimum(coder.decode(box_deltas, anchors).clamp(min=0), anchors.new_tensor([w, h, w, h]))
     # Class-aware NMS in one call over every (anchor, class) pair: boxes of different classes
