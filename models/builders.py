@@ -47,8 +47,9 @@ class ModelConfig:
     # MMDetection's 48/320. A configuration, not the architecture: small objects need it.
     first_prior_size: float | None = None
     # Channel-pruned widths (models/pruning.py), None = the published ones. MobileNetV2-SSDLite
-    # only: {"backbone": hidden channels per inverted residual, "extras": middle channels per
-    # extra level}; a missing key keeps that part's published widths.
+    # only: {"backbone": hidden channels per inverted residual, "stages": output channels per
+    # MobileNetV2 stage, "head_conv": [the final 1x1 conv's outputs], "extras": middle channels
+    # per extra level}; a missing key keeps that part's published widths.
     pruned_widths: dict[str, list[int]] | None = None
     # Binarized weights and activations (models/binary.py, scheme "bireal"); None: real-valued.
     binarize: str | None = None
@@ -78,7 +79,8 @@ def mnv2_ssdlite(config: ModelConfig) -> SingleShotDetector:
     in MMDetection's SSDLite neck); this is what reproduces the BABO paper's Table 4 GMAC at
     widths 0.75 and 0.5 (scaling the extras too would give 0.885 GMAC instead of 0.95 at 0.5)."""
     widths = config.pruned_widths or {}
-    backbone = MobileNetV2(config.width, widths.get("backbone"))
+    backbone = MobileNetV2(config.width, widths.get("backbone"), widths.get("stages"),
+                           *widths.get("head_conv", [None]))
     depths = SSDLITE_EXTRA_DEPTHS
     priors = ssdlite_priors(config.first_prior_size)
     head = SSDHead((*backbone.tap_channels, *depths), priors.anchors_per_location(),

@@ -26,14 +26,16 @@ class InvertedResidual(nn.Module):
     """Bottleneck: 1x1 expansion (skipped for t=1), depthwise 3x3, linear 1x1 projection."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, expansion: int,
-                 activation: type[nn.Module] = nn.ReLU6, hidden: int | None = None):
-        """`hidden` overrides in_channels * expansion (channel pruning); for t=1 the hidden
-        channels are the block's input, so they cannot differ from it."""
+                 activation: type[nn.Module] = nn.ReLU6, hidden: int | None = None,
+                 residual: bool | None = None):
+        """`hidden` overrides in_channels * expansion and `residual` the shortcut rule (channel
+        pruning: pruned widths must not add or drop a shortcut); for t=1 the hidden channels
+        are the block's input, so they cannot differ from it."""
         super().__init__()
         hidden = in_channels * expansion if hidden is None else hidden
         if expansion == 1 and hidden != in_channels:
             raise ValueError(f"a t=1 block has no expansion: hidden {hidden} != input {in_channels}")
-        self.use_residual = stride == 1 and in_channels == out_channels
+        self.use_residual = stride == 1 and in_channels == out_channels if residual is None else residual
         self.expand = (ConvNormAct(in_channels, hidden, 1, activation=activation)
                        if expansion != 1 else nn.Identity())
         self.depthwise = ConvNormAct(hidden, hidden, 3, stride, groups=hidden, activation=activation)
@@ -55,30 +57,38 @@ class MobileNetV2(nn.Module):
 
     `width` scales every layer but the final 1x1 conv, which stays 1280 for widths below 1,
     as in the paper ("we do not apply width multiplier to the last conv layer").
-    `hidden_widths` (one per block, execution order; None = t * input) are the hidden
-    channels of channel-pruned blocks (models/pruning.py).
+    Channel pruning (models/pruning.py) sets `hidden_widths` (one per block, execution order;
+    None = t * input), `stage_widths` (each stage's output, the residual stream of its blocks)
+    and `last_width` (the final 1x1 conv's); the shortcuts stay those of the unpruned network.
     """
 
-    def __init__(self, width: float = 1.0, hidden_widths: list[int] | None = None):
+    def __init__(self, width: float = 1.0, hidden_widths: list[int] | None = None,
+                 stage_widths: list[int] | None = None, last_width: int | None = None):
         super().__init__()
         channels = make_divisible(32 * width)
         blocks_total = sum(n for _, _, n, _ in BOTTLENECK_SETTINGS)
         if hidden_widths is not None and len(hidden_widths) != blocks_total:
             raise ValueError(f"{len(hidden_widths)} hidden widths for {blocks_total} blocks")
+        if stage_widths is not None and len(stage_widths) != len(BOTTLENECK_SETTINGS):
+            raise ValueError(f"{len(stage_widths)} stage widths for {len(BOTTLENECK_SETTINGS)} stages")
         if hidden_widths is not None and BOTTLENECK_SETTINGS[0][0] == 1:
             channels = hidden_widths[0]  # the t=1 block's hidden channels are the stem output
         self.stem = ConvNormAct(3, channels, 3, 2)
         hidden_iter = iter(hidden_widths or [None] * blocks_total)
+        published_in = make_divisible(32 * width)
         stages = []
-        for t, c, n, s in BOTTLENECK_SETTINGS:
-            out = make_divisible(c * width)
+        for index, (t, c, n, s) in enumerate(BOTTLENECK_SETTINGS):
+            published_out = make_divisible(c * width)
+            out = published_out if stage_widths is None else stage_widths[index]
             blocks = []
             for i in range(n):
-                blocks.append(InvertedResidual(channels, out, s if i == 0 else 1, t, hidden=next(hidden_iter)))
-                channels = out
+                stride = s if i == 0 else 1
+                blocks.append(InvertedResidual(channels, out, stride, t, hidden=next(hidden_iter),
+                                               residual=stride == 1 and published_in == published_out))
+                channels, published_in = out, published_out
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.ModuleList(stages)
-        self.last_channels = make_divisible(1280 * max(1.0, width))
+        self.last_channels = last_width or make_divisible(1280 * max(1.0, width))
         self.head_conv = ConvNormAct(channels, self.last_channels, 1)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -11,10 +11,16 @@
     of stage1 has no expansion: its hidden channels are the stem's output, so the stem
     conv is its expansion. The SSDLite tap on stages[5][0]'s expansion output feeds head
     level 0, whose depthwise + 1x1 branches shrink with it;
+  * the output of each stage (the residual stream of its blocks): every block's projection
+    out, and the expansions that read it (the stage's later blocks and the next stage's first
+    block, or the final 1x1 conv), which rank it by their columns together; the shortcuts
+    stay where they are;
+  * the outputs of the final 1x1 conv (`head_conv`, 1280 wide): the second tap, read by head
+    level 1 (depthwise + 1x1 branches, shrunk with it) and the first extra level's 1x1;
   * the middle ('half') channels of each SSDLite extra level (1x1 -> dw -> 1x1).
-  Not prunable: every block output, the final 1x1 conv and the extra levels' outputs (they
-  are residual inputs or head inputs, shared by several consumers), and the head branches (a depthwise conv on
-  the feature, then the 1x1 predictor whose outputs are anchors x classes: no inner width).
+  Not prunable: the extra levels' outputs (head inputs shared with the next level, at most
+  4x4) and the head branches' own width (a depthwise conv on the feature, then the 1x1
+  predictor whose outputs are anchors x classes).
   VGG16-SSD512 and RetinaNet builders have no per-layer widths, so channels refuses them.
 The mask path and the OMG are never pruned: the mask must stay the trained binary mask.
 """
@@ -101,7 +107,7 @@ class _Group:
     out_convs: tuple[str, ...]
     norms: tuple[str, ...]
     in_convs: tuple[str, ...]
-    ranking: str  # the consuming 1x1 conv whose columns rank the channels
+    ranking: tuple[str, ...]  # the consuming 1x1 convs whose columns rank the channels
 
 
 def _groups(model: BABODetector, scope: str) -> tuple[list[tuple[str, int, _Group]], list[tuple[str, int, _Group]]]:
@@ -125,19 +131,33 @@ def _groups(model: BABODetector, scope: str) -> tuple[list[tuple[str, int, _Grou
                             norms.append(h + "0.1")
                             in_convs.append(h + "1")
                     backbone.append(("backbone", index, _Group(tuple(out_convs), tuple(norms),
-                                                               tuple(in_convs), p + "project.0")))
+                                                               tuple(in_convs), (p + "project.0",))))
                 index += 1
+        stages = det.backbone.stages
+        for s, stage in enumerate(stages):
+            blocks = [f"detector.backbone.stages.{s}.{b}." for b in range(len(stage))]
+            readers = [p + "expand.0" for p in blocks[1:]] + [
+                f"detector.backbone.stages.{s + 1}.0.expand.0" if s + 1 < len(stages) else "detector.backbone.head_conv.0"]
+            backbone.append(("stages", s, _Group(tuple(p + "project.0" for p in blocks),
+                                                 tuple(p + "project.1" for p in blocks), tuple(readers), tuple(readers))))
+        branches = [f"detector.head.{branch}.1." for branch in ("cls", "box")]
+        consumers = ("detector.neck.levels.0.0.0", *(h + "1" for h in branches))
+        backbone.append(("head_conv", 0, _Group(("detector.backbone.head_conv.0", *(h + "0.0" for h in branches)),
+                                                ("detector.backbone.head_conv.1", *(h + "0.1" for h in branches)),
+                                                consumers, consumers)))
     if scope in ("heads", "all"):
         for i in range(len(det.neck.levels)):
             p = f"detector.neck.levels.{i}."
             extras.append(("extras", i, _Group((p + "0.0", p + "1.0"), (p + "0.1", p + "1.1"),
-                                               (p + "2.0",), p + "2.0")))
+                                               (p + "2.0",), (p + "2.0",))))
     return backbone, extras
 
 
 def published_widths(model: BABODetector) -> dict[str, list[int]]:
     det = model.detector
     return {"backbone": [block.hidden_channels for stage in det.backbone.stages for block in stage],
+            "stages": [stage[-1].out_channels for stage in det.backbone.stages],
+            "head_conv": [det.backbone.last_channels],
             "extras": [level[0][0].out_channels for level in det.neck.levels]}
 
 
@@ -160,12 +180,13 @@ def prune_channels(model: BABODetector, config: ModelConfig, ratio: float,
     state = model.state_dict()
     widths = published_widths(model) if config.pruned_widths is None else {
         k: list(v) for k, v in {**published_widths(model), **config.pruned_widths}.items()}
-    backbone, extras = _groups(model, scope)
-    for part, index, group in backbone + extras:
-        columns = state[group.ranking + ".weight"]
-        norms = columns.transpose(0, 1).flatten(1).norm(dim=1)
-        keep = torch.argsort(norms, descending=True, stable=True)[:kept_channels(len(norms), ratio)]
-        keep = keep.sort().values
+    groups = [group for part in _groups(model, scope) for group in part]
+    keeps = []  # ranked on the unpruned weights first: groups share convs (along other dims)
+    for _, _, group in groups:
+        columns = torch.cat([state[name + ".weight"].transpose(0, 1).flatten(1) for name in group.ranking], dim=1)
+        order = torch.argsort(columns.norm(dim=1), descending=True, stable=True)
+        keeps.append(order[:kept_channels(len(order), ratio)].sort().values)
+    for (part, index, group), keep in zip(groups, keeps):
         for name in group.out_convs:
             state[name + ".weight"] = state[name + ".weight"][keep]
         for name in group.norms:

@@ -54,29 +54,69 @@ def test_sparsity_ramp():
     assert pruning.sparsity_at(0, 0, 0.5) == 0.5  # no ramp: one-shot
 
 
-def test_channels_removes_the_lowest_norm_hidden_channels(model):
-    block = model.detector.backbone.stages[2][1]
-    hidden = block.hidden_channels
-    norms = block.project[0].weight.transpose(0, 1).flatten(1).norm(dim=1)
-    expected = torch.argsort(norms, descending=True)[:pruning.kept_channels(hidden, 0.5)].sort().values
-    project = block.project[0].weight[:, expected].clone()
-    depthwise = block.depthwise[0].weight[expected].clone()
+def _lowest_norm_kept(readers: list[torch.Tensor], channels: int) -> torch.Tensor:
+    """Independent of pruning.py: the channels whose columns in the reading 1x1 convs have
+    the largest L2 norm together, half of them, in index order."""
+    norms = torch.stack([(w[:, :, 0, 0] ** 2).sum(0) for w in readers]).sum(0).sqrt()
+    return torch.argsort(norms, descending=True)[:channels // 2].sort().values
+
+
+def test_channels_removes_the_lowest_norm_hidden_and_stream_channels(model):
+    backbone = model.detector.backbone
+    block = backbone.stages[2][1]
+    hidden = _lowest_norm_kept([block.project[0].weight], block.hidden_channels)
+    # stage 2's output (32 wide at width 0.5) is read by its blocks 1-2 and stage 3's first block
+    readers = [backbone.stages[2][1].expand[0], backbone.stages[2][2].expand[0], backbone.stages[3][0].expand[0]]
+    stream = _lowest_norm_kept([r.weight for r in readers], block.out_channels)
+    project = block.project[0].weight[stream][:, hidden].clone()
+    depthwise = block.depthwise[0].weight[hidden].clone()
+    expand = block.expand[0].weight[hidden][:, stream].clone()
     pruned, config = pruning.prune_channels(model, CONFIG, 0.5)
     new = pruned.detector.backbone.stages[2][1]
-    assert new.hidden_channels == pruning.kept_channels(hidden, 0.5) == hidden // 2
+    assert new.hidden_channels == block.hidden_channels // 2 and new.out_channels == block.out_channels // 2
     assert torch.equal(new.project[0].weight, project) and torch.equal(new.depthwise[0].weight, depthwise)
+    assert torch.equal(new.expand[0].weight, expand)
     published = pruning.published_widths(model)
-    assert config.pruned_widths["backbone"] == [pruning.kept_channels(h, 0.5) for h in published["backbone"]]
-    assert config.pruned_widths["extras"] == [pruning.kept_channels(h, 0.5) for h in published["extras"]]
+    for part in ("backbone", "stages", "head_conv", "extras"):
+        assert config.pruned_widths[part] == [pruning.kept_channels(h, 0.5) for h in published[part]]
     tap = pruned.detector.backbone.tap_channels[0]
     assert tap == config.pruned_widths["backbone"][13]  # stages[5][0]: head level 0 shrinks with it
     assert pruned.detector.head.cls[0][1].in_channels == tap and pruned.detector.head.box[0][0][0].groups == tap
-    outputs = [b.out_channels for s in pruned.detector.backbone.stages for b in s]
-    assert outputs == [b.out_channels for s in model.detector.backbone.stages for b in s]
+    shortcuts = [b.use_residual for s in model.detector.backbone.stages for b in s]
+    assert [b.use_residual for s in pruned.detector.backbone.stages for b in s] == shortcuts
     x = torch.rand(1, 3, *CONFIG.input_size) * 255
     assert pruned(x).cls_logits.shape == model(x).cls_logits.shape
-    assert sum(p.numel() for p in pruned.detector.backbone.stages.parameters()) < 0.6 * sum(
+    assert sum(p.numel() for p in pruned.detector.backbone.stages.parameters()) < 0.3 * sum(
         p.numel() for p in model.detector.backbone.stages.parameters())
+
+
+def test_channels_prunes_the_final_conv_with_the_head_level_and_extra_reading_it(model):
+    det = model.detector
+    readers = [det.neck.levels[0][0][0], det.head.cls[1][1], det.head.box[1][1]]
+    kept = _lowest_norm_kept([r.weight for r in readers], det.backbone.last_channels)
+    head_conv = det.backbone.head_conv[0]
+    stage6 = _lowest_norm_kept([head_conv.weight], head_conv.in_channels)  # stage 6's output, read by it alone
+    head_conv, neck_in = head_conv.weight[kept][:, stage6].clone(), readers[0].weight[:, kept].clone()
+    cls_dw = det.head.cls[1][0][0].weight[kept].clone()
+    pruned, config = pruning.prune_channels(model, CONFIG, 0.5, "backbone")
+    new = pruned.detector
+    assert config.pruned_widths["head_conv"] == [det.backbone.last_channels // 2] == [new.backbone.tap_channels[1]]
+    assert new.neck.levels[0][0][0].weight.shape[0] == det.neck.levels[0][0][0].weight.shape[0]  # scope: backbone
+    assert torch.equal(new.backbone.head_conv[0].weight, head_conv)
+    assert torch.equal(new.neck.levels[0][0][0].weight, neck_in) and torch.equal(new.head.cls[1][0][0].weight, cls_dw)
+    assert new.head.box[1][1].in_channels == new.head.box[1][0][0].groups == len(kept)
+
+
+def test_stage_widths_keep_the_published_shortcuts():
+    """Pruned widths that happen to equal the block's input must not add a shortcut."""
+    from babo_edge.models.mobilenetv2 import MobileNetV2
+
+    published = MobileNetV2(0.5)
+    hidden = [b.hidden_channels for s in published.stages for b in s]
+    narrow = MobileNetV2(0.5, [8] + hidden[1:], stage_widths=[8, 16, 16, 32, 48, 80, 160])
+    assert narrow.stages[0][0].depthwise[0].groups == narrow.stages[0][0].project[0].out_channels == 8
+    assert [b.use_residual for s in narrow.stages for b in s] == [b.use_residual for s in published.stages for b in s]
+    assert not narrow.stages[0][0].use_residual
 
 
 def test_channels_prunes_the_stem_as_the_t1_blocks_expansion(model):
