@@ -59,7 +59,8 @@ class MobileNetV2(nn.Module):
     as in the paper ("we do not apply width multiplier to the last conv layer").
     Channel pruning (models/pruning.py) sets `hidden_widths` (one per block, execution order;
     None = t * input), `stage_widths` (each stage's output, the residual stream of its blocks)
-    and `last_width` (the final 1x1 conv's); the shortcuts stay those of the unpruned network.
+    and `last_width` (the final 1x1 conv's); with stage widths the shortcuts stay those of the
+    unpruned network.
     """
 
     def __init__(self, width: float = 1.0, hidden_widths: list[int] | None = None,
@@ -83,8 +84,11 @@ class MobileNetV2(nn.Module):
             blocks = []
             for i in range(n):
                 stride = s if i == 0 else 1
-                blocks.append(InvertedResidual(channels, out, stride, t, hidden=next(hidden_iter),
-                                               residual=stride == 1 and published_in == published_out))
+                # Widths from before stage pruning (no stage_widths) keep the equal-width rule
+                # they were trained with: it gave block 0 a shortcut once its stem was pruned
+                # to the block's output width.
+                residual = None if stage_widths is None else stride == 1 and published_in == published_out
+                blocks.append(InvertedResidual(channels, out, stride, t, hidden=next(hidden_iter), residual=residual))
                 channels, published_in = out, published_out
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.ModuleList(stages)

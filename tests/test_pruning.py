@@ -117,6 +117,9 @@ def test_stage_widths_keep_the_published_shortcuts():
     assert narrow.stages[0][0].depthwise[0].groups == narrow.stages[0][0].project[0].out_channels == 8
     assert [b.use_residual for s in narrow.stages for b in s] == [b.use_residual for s in published.stages for b in s]
     assert not narrow.stages[0][0].use_residual
+    # hidden widths alone (checkpoints from before stage pruning): the equal-width rule they were
+    # trained with, a shortcut around block 0 once the stem is pruned to its output width
+    assert MobileNetV2(0.5, [8] + hidden[1:]).stages[0][0].use_residual
 
 
 def test_channels_prunes_the_stem_as_the_t1_blocks_expansion(model):
