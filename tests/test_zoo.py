@@ -65,18 +65,24 @@ def test_bidet_vgg16_checkpoint_binarizes_the_vgg16_bn_trunk():
     assert len(binary_convs(model)) == 14  # conv1_2 .. conv5_3, fc6 and fc7: every trunk conv but conv1_1 (models/binary.py)
 
 
-def test_pruned_checkpoint_is_the_vanilla_detector_with_half_its_hidden_channels_removed():
-    """It rebuilds from its own widths (models/pruning.py): 50% of the prunable channels gone,
-    60% of the detector's parameters left, and no weight merely zeroed."""
+def test_pruned_checkpoint_is_the_vanilla_detector_with_half_its_channels_removed():
+    """It rebuilds from its own widths (models/pruning.py): 50% of the prunable channels gone
+    (hidden, stage outputs, the final 1x1 conv's, the extras' middles), a third of the
+    detector's parameters left, and no weight merely zeroed."""
     model, ckpt = load_model(PRUNED)
     vanilla, _ = load_model(VANILLA)
     assert ckpt.metadata["train_config"]["prune"] == "channels:0.5" and ckpt.config.pruned_widths is not None
     count = lambda m: sum(p.numel() for p in m.detector.parameters())  # noqa: E731
-    assert 0.55 < count(model) / count(vanilla) < 0.65
+    assert 0.28 < count(model) / count(vanilla) < 0.36
+    weights = [p for p in model.detector.parameters() if p.dim() == 4]
+    assert sum(int((p == 0).sum()) for p in weights) < 0.02 * sum(p.numel() for p in weights)  # fp16 underflow only
     def depthwise_widths(m) -> list[int]:  # the hidden width of each inverted residual, in order
         return [conv.out_channels for conv in m.detector.backbone.modules()
                 if isinstance(conv, torch.nn.Conv2d) and conv.groups > 1]
     hidden, published = ckpt.config.pruned_widths["backbone"], depthwise_widths(vanilla)
     assert depthwise_widths(model) == hidden and len(hidden) == len(published) == 17
     assert hidden == [width // 2 for width in published]  # block 0's hidden channels are the stem's
+    stages = [stage[-1].out_channels for stage in model.detector.backbone.stages]
+    assert stages == ckpt.config.pruned_widths["stages"] == [8, 16, 16, 32, 48, 80, 160]  # 12 rounds up to 16
+    assert model.detector.backbone.last_channels == ckpt.config.pruned_widths["head_conv"][0] == 640
     assert model.detector.backbone.stem[0].out_channels == hidden[0] == 16
