@@ -75,7 +75,7 @@ class IRMetadata:
     resize_type: str = _key("how frames are brought to the input size: 'standard' = plain resize, no letterbox")
     confidence_threshold: float = _key("default score threshold of the runtime (Model API meaning)")
     iou_threshold: float = _key("NMS IoU threshold applied inside the graph")
-    pre_nms_top_k: int = _key("boxes kept per class before NMS inside the graph")
+    pre_nms_top_k: int = _key("(anchor, class) pairs NMS reads at most inside the graph, the best by score")
     max_detections: int = _key("detections kept after NMS inside the graph")
     model_config: dict = _key("the ModelConfig of the checkpoint, as a dict", codec="json")
     tool_versions: dict = _key("versions of torch, onnx, openvino and nncf that exported the IR", codec="json")
