@@ -32,6 +32,21 @@ def logits_for(probs):
     return torch.log(torch.cat([probs, bg], dim=-1).clamp_min(1e-9))
 
 
+def reference_pairs(deltas, anchors, probs, size):
+    """Every (anchor, class) pair of one image, anchor-major: decoded boxes clipped to a square
+    image of `size`, scores and labels."""
+    classes = probs.shape[-1]
+    boxes = CODER.decode(deltas[0], anchors).clamp(0, size).repeat_interleave(classes, dim=0)
+    return boxes, probs[0].reshape(-1), torch.arange(classes).repeat(len(anchors))
+
+
+def assert_detections_are(dets, kept, boxes, scores, labels):
+    assert dets.shape == (len(kept), 7)
+    assert torch.allclose(dets[:, 2], scores[kept], atol=1e-6)
+    assert torch.equal(dets[:, 1].long(), labels[kept])
+    assert torch.allclose(dets[:, 3:], boxes[kept], atol=1e-4)
+
+
 def test_class_aware_nms_matches_reference():
     g = torch.Generator().manual_seed(0)
     a = 60
@@ -41,16 +56,9 @@ def test_class_aware_nms_matches_reference():
     deltas = torch.randn(1, a, 4, generator=g) * 0.5
     cfg = PostprocessConfig(score_threshold=0.1, iou_threshold=0.45, pre_nms_top_k=500, max_detections=40)
     dets = detect(logits_for(probs), deltas, anchors, (100, 100), CODER, "softmax", cfg)
-    # reference on all (anchor, class) pairs
-    boxes = CODER.decode(deltas[0], anchors).clamp(0, 100)
-    flat_boxes = boxes.repeat_interleave(3, dim=0)
-    flat_scores = probs[0].reshape(-1)
-    flat_labels = torch.arange(3).repeat(a)
-    kept = reference_nms(flat_boxes, flat_scores.tolist(), flat_labels.tolist(), 0.45, 0.1, 40)
-    assert dets.shape == (len(kept), 7)
-    assert torch.allclose(dets[:, 2], flat_scores[kept], atol=1e-6)
-    assert torch.equal(dets[:, 1].long(), flat_labels[kept])
-    assert torch.allclose(dets[:, 3:], flat_boxes[kept], atol=1e-4)
+    boxes, scores, labels = reference_pairs(deltas, anchors, probs, 100)
+    kept = reference_nms(boxes, scores.tolist(), labels.tolist(), 0.45, 0.1, 40)
+    assert_detections_are(dets, kept, boxes, scores, labels)
 
 
 def test_overlapping_boxes_of_other_classes_survive_and_top_k_caps():
@@ -72,17 +80,14 @@ def test_pre_nms_top_k_keeps_only_the_best_pairs_when_more_pass_the_threshold():
     anchors = torch.cat([centres - 10, centres + 10], dim=1)
     probs = torch.rand(1, a, 2, generator=g) * 0.45
     deltas = torch.randn(1, a, 4, generator=g) * 0.2
-    boxes = CODER.decode(deltas[0], anchors).clamp(0, 100).repeat_interleave(2, dim=0)
-    scores, labels = probs[0].reshape(-1), torch.arange(2).repeat(a)
+    boxes, scores, labels = reference_pairs(deltas, anchors, probs, 100)
     assert int((scores > 0.05).sum()) > 30  # the cap below is active
     for k in (30, 1000):
         dets = detect(logits_for(probs), deltas, anchors, (100, 100), CODER, "softmax",
                       PostprocessConfig(score_threshold=0.05, pre_nms_top_k=k, max_detections=100))
         best = scores.argsort(descending=True)[:k]
         kept = best[reference_nms(boxes[best], scores[best].tolist(), labels[best].tolist(), 0.45, 0.05, 100)]
-        assert dets.shape == (len(kept), 7)
-        assert torch.allclose(dets[:, 2], scores[kept], atol=1e-6)
-        assert torch.equal(dets[:, 1].long(), labels[kept])
+        assert_detections_are(dets, kept, boxes, scores, labels)
     assert len(kept) > 30  # without the cap more survive
 
 
