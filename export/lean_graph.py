@@ -8,6 +8,10 @@ rounding of equal sums) and is checked against PyTorch by the export's parity an
   slowest part of the OMG). Upsampling is linear and the argmax of two classes is `l1 > l0`
   (a tie gives class 0, as argmax), so the mask is `up(l1 - l0) > 0`: one channel upsampled
   by two constant MatMuls holding the bilinear weights, then `Greater`.
+- `lean_downscales` (FP32, every model): a bilinear resize by an integer factor s (the OMG's
+  input, half the detector's size) reads, for every output pixel, the same weights on its own
+  s x s block of input pixels (a 2x2 mean for s = 2). As a depthwise conv of stride s with those
+  weights it is one fused kernel instead of Reorder -> Interpolate (benchmarks/README.md).
 - `integer_mask_multiplies` (INT8, after NNCF): a masking `Multiply(x, m)` followed by a conv
   input quantizer `FQ` (levels k = 0..255, output (k - z) * step with z the level of 0) becomes
   the same quantizer with integer outputs k - z, converted to u8/i8, multiplied by the mask
@@ -29,8 +33,16 @@ from babo_edge.export.mask_graph import find_mask_path
 from babo_edge.ir_metadata import MASK
 
 
+REWRITE_SUFFIX = "/lean"  # ends the friendly name of every node a rewrite adds in place of another
+
+
 class RewriteError(BaboError, ValueError):
     """The graph does not have the structure a rewrite expects."""
+
+
+def added_by_rewrite(node: ov.Node) -> bool:
+    """A node a rewrite put in place of an op of the converted model (not one of the model's convs)."""
+    return node.get_friendly_name().endswith(REWRITE_SUFFIX)
 
 
 def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
@@ -48,11 +60,47 @@ def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
 
 
 def lean_graph(model: ov.Model) -> ov.Model:
-    """`model` with the FP32 rewrite (the mask source) applied in place; a model without a mask
-    is returned unchanged."""
+    """`model` with the FP32 rewrites applied in place: the integer downscales, and the mask
+    source of a model with a mask."""
+    lean_downscales(model)
     if MASK in {name for output in model.outputs for name in output.get_names()}:
         lean_mask_source(model)
     return model
+
+
+def lean_downscales(model: ov.Model) -> int:
+    """Interpolate(bilinear, half_pixel) by integer factors (sh, sw)  ==>  GroupConvolution with
+    stride (sh, sw) and the resize's weights on each block, in place; returns how many. Only
+    where the bilinear weights are exactly that block pattern (checked, not assumed)."""
+    rewritten = 0
+    for resize in [op for op in model.get_ordered_ops() if op.get_type_name() == "Interpolate"]:
+        shape, out_shape = resize.get_input_partial_shape(0), resize.get_output_partial_shape(0)
+        if not (_is_bilinear_half_pixel(resize) and shape.rank.get_length() == 4 and shape[1].is_static
+                and all(shape[i].is_static and out_shape[i].is_static for i in (2, 3))):
+            continue
+        sizes = [(shape[i].get_length(), out_shape[i].get_length()) for i in (2, 3)]
+        kernels = [_block_weights(in_size, out_size) for in_size, out_size in sizes]
+        if any(kernel is None for kernel in kernels) or all(len(kernel) == 1 for kernel in kernels):
+            continue
+        channels = shape[1].get_length()
+        weights = np.broadcast_to(np.outer(*kernels), (channels, 1, 1, *map(len, kernels)))
+        strides = [len(kernel) for kernel in kernels]
+        conv = ops.group_convolution(resize.input_value(0), ops.constant(np.ascontiguousarray(weights)),
+                                     strides, [0, 0], [0, 0], [1, 1])
+        _replace(resize, conv)
+        rewritten += 1
+    return rewritten
+
+
+def _block_weights(in_size: int, out_size: int) -> np.ndarray | None:
+    """The 1-D weights every output of a bilinear resize in_size -> out_size reads on its own
+    block of in_size / out_size inputs, or None when the resize is not that."""
+    if out_size > in_size or in_size % out_size:
+        return None
+    factor = in_size // out_size
+    matrix = bilinear_matrix(in_size, out_size)
+    kernel = matrix[0, :factor]
+    return kernel if np.array_equal(matrix, np.kron(np.eye(out_size, dtype=np.float32), kernel)) else None
 
 
 def lean_mask_source(model: ov.Model) -> None:
@@ -78,7 +126,7 @@ def lean_mask_source(model: ov.Model) -> None:
     rows = ops.matmul(ops.constant(bilinear_matrix(h, out_h)), margin, False, False)
     upsampled = ops.matmul(rows, ops.constant(bilinear_matrix(w, out_w)), False, True)
     mask = ops.convert(ops.greater(upsampled, ops.constant(np.float32(0))), convert.get_output_element_type(0))
-    _replace(convert, mask, "lean")
+    _replace(convert, mask)
 
 
 def integer_mask_multiplies(model: ov.Model) -> int:
@@ -141,9 +189,10 @@ def _is_bilinear_half_pixel(node: ov.Node) -> bool:
             and not any(attributes.get("pads_begin", [])) and not any(attributes.get("pads_end", [])))
 
 
-def _replace(old: ov.Node, new: ov.Node, suffix: str) -> None:
-    """`new` takes the place of `old`'s only output, tensor names included."""
-    new.set_friendly_name(f"{old.get_friendly_name()}/{suffix}")
+def _replace(old: ov.Node, new: ov.Node) -> None:
+    """`new` takes the place of `old`'s only output, tensor names included; its name says it is
+    a rewrite (`added_by_rewrite`)."""
+    new.set_friendly_name(old.get_friendly_name() + REWRITE_SUFFIX)
     names = old.output(0).get_names()
     old.output(0).replace(new.output(0))
     new.output(0).set_names(names)

@@ -16,7 +16,7 @@ import openvino as ov
 import torch
 
 from babo_edge import ir_metadata
-from babo_edge.export.lean_graph import lean_graph
+from babo_edge.export.lean_graph import added_by_rewrite, lean_graph
 from babo_edge.ir_metadata import BLACKED_OUT_BACKGROUND, IR_FORMAT, MODEL_TYPE, IRMetadata
 from babo_edge.models.builders import ModelConfig
 from babo_edge.models.detector import BABODetector
@@ -65,9 +65,10 @@ def model_info(model: BABODetector, config: ModelConfig, class_names: list[str],
 
 def conv_table(model: BABODetector, ov_model: ov.Model, input_hw: tuple[int, int]) -> list[dict]:
     """Every conv of the IR as a layer of the PyTorch MAC report, in the PyTorch execution
-    order: {"node": IR friendly name, "name", "network", "block"} (names and blocks as
-    `models.profiling` gives them), so that the runtime's counters and report need nothing
-    but the .xml and produce rows that diff line by line with the PyTorch report.
+    order (a conv a lean rewrite added is not one of the model's): {"node": IR friendly name,
+    "name", "network", "block"} (names and blocks as `models.profiling` gives them), so that
+    the runtime's counters and report need nothing but the .xml and produce rows that diff
+    line by line with the PyTorch report.
 
     The TorchScript exporter names each node by the module scope it ran in, so the IR node
     is found from the module path; a module called from another module's forward (the
@@ -75,7 +76,8 @@ def conv_table(model: BABODetector, ov_model: ov.Model, input_hw: tuple[int, int
     the path with the same conv shape. Every conv must be matched exactly once."""
     with torch.no_grad():
         layers = [count.layer for count in profile(model, torch.zeros(1, 3, *input_hw)).counts[0]]
-    nodes = [op for op in ov_model.get_ordered_ops() if op.get_type_name() in IR_CONVOLUTIONS]
+    nodes = [op for op in ov_model.get_ordered_ops()
+             if op.get_type_name() in IR_CONVOLUTIONS and not added_by_rewrite(op)]
     if len(nodes) != len(layers):
         raise ValueError(f"the IR has {len(nodes)} convolutions, the model ran {len(layers)}")
     scopes: dict[str, list[ov.Node]] = {}

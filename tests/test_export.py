@@ -61,6 +61,27 @@ def test_bilinear_matrix_is_torch_bilinear_upsampling(in_size, out_size):
     torch.testing.assert_close(rows @ x @ cols.T, expected, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("in_hw, out_hw, rewritten", [
+    ((64, 96), (32, 48), True), ((60, 90), (20, 30), True), ((64, 64), (16, 64), True),  # factors 2, 3, (4, 1)
+    ((64, 64), (24, 24), False), ((32, 32), (64, 64), False), ((64, 64), (64, 64), False)])  # 8/3, up, identity
+def test_integer_downscales_become_a_strided_depthwise_conv(in_hw, out_hw, rewritten):
+    """Only where every output reads the same weights on its own block: then the conv gives the
+    resize's values (float32 rounding of equal sums)."""
+    image = ops.parameter([1, 3, *in_hw], np.float32)
+    resize = ops.interpolate(image, ops.constant(np.array(out_hw, np.int64)), "linear_onnx", "sizes",
+                             axes=ops.constant(np.array([2, 3], np.int64)), coordinate_transformation_mode="half_pixel")
+    model = ov.Model([resize], [image])
+    assert lean_graph.lean_downscales(model) == int(rewritten)
+    kinds = {op.get_type_name() for op in model.get_ordered_ops()}
+    assert ("GroupConvolution" in kinds) == rewritten and ("Interpolate" in kinds) != rewritten
+    if not rewritten:
+        return
+    x = torch.randn(1, 3, *in_hw, generator=torch.Generator().manual_seed(0))
+    expected = torch.nn.functional.interpolate(x, size=out_hw, mode="bilinear", align_corners=False)
+    got = ov.Core().compile_model(model, "CPU", openvino_ir.FP32_HINT)(x.numpy())[0]
+    torch.testing.assert_close(torch.from_numpy(got), expected, atol=2e-6, rtol=0)
+
+
 def test_model_info_round_trips_through_the_xml(tiny_model, tiny_ir):
     entries = read_model_info(ov.Core().read_model(str(tiny_ir.xml)))
     info = ir_metadata.parse(entries)
@@ -78,9 +99,10 @@ def test_model_info_round_trips_through_the_xml(tiny_model, tiny_ir):
     run = profile(tiny_model, torch.zeros(1, 3, *CONFIG.input_size)).counts[0]
     assert [(c["name"], c["network"], c["block"]) for c in convs] == [
         (count.layer.name, count.layer.network, count.layer.block) for count in run]
-    ir_convs = {op.get_friendly_name() for op in tiny_ir.ov_model.get_ordered_ops()
-                if op.get_type_name() in mask_graph.CONVOLUTIONS}
-    assert {c["node"] for c in convs} == ir_convs
+    ir_convs = [op for op in tiny_ir.ov_model.get_ordered_ops() if op.get_type_name() in mask_graph.CONVOLUTIONS]
+    added = [op for op in ir_convs if lean_graph.added_by_rewrite(op)]
+    assert [op.get_type_name() for op in added] == ["GroupConvolution"]  # the OMG's input downscale
+    assert {c["node"] for c in convs} == {op.get_friendly_name() for op in ir_convs if op not in added}
 
 
 def test_mask_path_runs_from_the_argmax_to_every_detector_conv(tiny_model, tiny_ir):
