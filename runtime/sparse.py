@@ -61,6 +61,20 @@ def _result_of(model: ov.Model, name: str) -> ov.Node:
     raise SparseError(f"the model has no {name!r} output")
 
 
+def _reads(node: ov.Node, parameter: ov.Node) -> bool:
+    """Whether `node`'s value depends on `parameter`."""
+    seen, stack = set(), [node]
+    while stack:
+        current = stack.pop()
+        if current.get_instance_id() == parameter.get_instance_id():
+            return True
+        for value in current.input_values():
+            if value.get_node().get_instance_id() not in seen:
+                seen.add(value.get_node().get_instance_id())
+                stack.append(value.get_node())
+    return False
+
+
 def pyramid_sizes(input_hw: tuple[int, int], levels: int) -> list[tuple[int, int]]:
     """(h, w) of the mask pyramid's levels 0..levels (ceil-mode halving)."""
     sizes = [tuple(input_hw)]
@@ -138,7 +152,11 @@ class SparsePlan:
         outside the crop too: a masked conv input (zero there) or a head output (read only at
         anchors the mask keeps alive). A fine map that a coarse op reads otherwise (VGG's
         overlapping pool5 reads a conv's output) is demoted to coarse, with whatever follows it,
-        until every cut is one of those two: that part then runs densely on the full canvas."""
+        until every cut is one of those two: that part then runs densely on the full canvas.
+        The mask -> coarse edges are cuts too: a mask map on the crop's grid (a pyramid level up
+        to the cells') that a coarse op or a coarser mask map reads is pasted from the crop's own
+        pyramid, the same values since the mask is zero outside the crop, and the full-size mask
+        pyramid is not computed at all."""
         levels = {size: k for k, size in reversed(list(enumerate(pyramid_sizes(self.input_hw, self.cell_levels))))}
         index = {op.get_instance_id(): i for i, op in enumerate(self._ops)}
         demoted: set[int] = set()
@@ -156,6 +174,7 @@ class SparsePlan:
         op reads and that cannot be pasted exactly (to demote). `levels`: pyramid level of each
         map size; `index`: op instance id -> position in the ordered ops."""
         kinds, level_of, cuts = [], {}, []
+        on_grid: set[int] = set()  # mask maps at a pyramid level <= the cells' (the crop computes them)
         image, mask = self.detector.get_parameters()
         for i, op in enumerate(self._ops):
             inputs = [kinds[index[value.get_node().get_instance_id()]] for value in op.input_values()]
@@ -171,6 +190,18 @@ class SparsePlan:
             else:
                 kind = "coarse"
             kinds.append(kind)
+            producers = [index[value.get_node().get_instance_id()] for value in op.input_values()]
+            if kind == "mask" and self._level(op, levels) is not None and (
+                    op.get_instance_id() == mask.get_instance_id()
+                    or (self._is_local(op) and all(p in on_grid or kinds[p] == "constant" for p in producers))):
+                on_grid.add(i)
+                level_of[i] = self._level(op, levels)
+                continue
+            if kind == "mask" or kind == "coarse":
+                for port, (value, producer) in enumerate(zip(op.input_values(), producers)):
+                    if producer in on_grid:
+                        level = -1 if op.get_type_name() == "ShapeOf" else level_of[producer]
+                        cuts.append(_Cut(producer, value.get_index(), i, port, level))
             if kind != "coarse":
                 continue
             for port, value in enumerate(op.input_values()):
@@ -222,7 +253,8 @@ class SparsePlan:
     def roi(self, crop_hw: tuple[int, int]) -> ov.Model:
         """The detector whose fine part runs on `image_crop` and `mask_crop` (crop_hw pixels, cut
         by the host: cropping in the graph made the plugin convert the whole image to bf16 first)
-        at the origin given by `roi_offset` (stride-32 cells), its coarse part on the full `mask`."""
+        at the origin given by `roi_offset` (stride-32 cells), its coarse part on the pasted maps;
+        the full `mask` is an input only if some coarse op reads it otherwise than on the grid."""
         crop_h, crop_w = crop_hw
         fine, coarse = self.detector.clone(), self.detector.clone()
         fine_ops, coarse_ops = fine.get_ordered_ops(), coarse.get_ordered_ops()
@@ -253,7 +285,9 @@ class SparsePlan:
                 full = self._ops[cut.producer].output(cut.port)
                 pasted[key] = self._paste(fine_ops[cut.producer].output(cut.port), full, cut.level, offset, crop_hw)
             coarse_ops[cut.consumer].input(cut.input).replace_source_output(pasted[key])
-        roi = ov.Model([_result_of(coarse, DETECTIONS)], [image, mask, coarse_mask, offset], f"babo_roi_{crop_h}x{crop_w}")
+        detections = _result_of(coarse, DETECTIONS)
+        parameters = [image, mask, *([coarse_mask] if _reads(detections, coarse_mask) else []), offset]
+        roi = ov.Model([detections], parameters, f"babo_roi_{crop_h}x{crop_w}")
         roi.validate_nodes_and_infer_types()
         return roi
 
@@ -406,7 +440,9 @@ class SparseRunner:
     def roi_request(self, crop_hw: tuple[int, int]) -> ov.InferRequest:
         if crop_hw not in self._rois:
             compiled = self._compile(self.plan.roi(crop_hw))
-            self._rois[crop_hw] = self._with_mask(compiled.create_infer_request())
+            request = compiled.create_infer_request()
+            reads_mask = any(MASK_INPUT in port.get_names() for port in compiled.inputs)
+            self._rois[crop_hw] = self._with_mask(request) if reads_mask else request
         return self._rois[crop_hw]
 
     def run(self, inputs: np.ndarray) -> tuple[dict[str, np.ndarray], str, tuple[int, int, int, int] | None]:

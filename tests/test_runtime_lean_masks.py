@@ -107,7 +107,7 @@ def test_lean_crop_models_give_the_crop_models_detections(xml, calib_images):
             crops[h, w] = [core.compile_model(m, "CPU", FP32) for m in (plan.roi((h, w)), lean)]
         for image in calib_images[:2]:
             feed = {IMAGE_CROP: image[..., y0:y0 + h, x0:x0 + w], MASK_CROP: mask[..., y0:y0 + h, x0:x0 + w],
-                    MASK: mask, OFFSET_INPUT: np.array([y0 // ROI_STRIDE, x0 // ROI_STRIDE], np.int64)}
+                    OFFSET_INPUT: np.array([y0 // ROI_STRIDE, x0 // ROI_STRIDE], np.int64)}
             reference, fast = (compiled(feed)["detections"] for compiled in crops[h, w])
             assert np.array_equal(fast, reference) and len(reference), name
     assert len(crops) >= 3

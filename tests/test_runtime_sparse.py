@@ -65,8 +65,10 @@ def run_roi(compiled: dict, plan: SparsePlan, image: np.ndarray, mask: np.ndarra
     if (h, w) not in compiled:
         compiled[h, w] = ov.Core().compile_model(plan.roi((h, w)), "CPU", FP32)
     offset = np.array([y0 // ROI_STRIDE, x0 // ROI_STRIDE], np.int64)
-    crops = {IMAGE_CROP: image[..., y0:y0 + h, x0:x0 + w], MASK_CROP: mask[..., y0:y0 + h, x0:x0 + w]}
-    return compiled[h, w]({**crops, "mask": mask, OFFSET_INPUT: offset})["detections"]
+    feed = {IMAGE_CROP: image[..., y0:y0 + h, x0:x0 + w], MASK_CROP: mask[..., y0:y0 + h, x0:x0 + w],
+            OFFSET_INPUT: offset}
+    assert {name for port in compiled[h, w].inputs for name in port.get_names()} == set(feed)  # no full-size mask
+    return compiled[h, w](feed)["detections"]
 
 
 def check_roi_is_dense(ov_model: ov.Model, input_hw, images, config=FP32, tolerance=parity.FP32_TOLERANCE):
