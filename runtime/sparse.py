@@ -95,8 +95,8 @@ class _Cut:
 class SparsePlan:
     """The sub-models of one BABO IR: `omg` (image -> mask, its row and column maxima), `dense`
     (the whole IR, plus those maxima), `detector` (image, mask -> detections: the dense detector
-    after the OMG) and `roi(h, w)` (image_crop, mask_crop, mask, roi_offset -> detections: the
-    fine part on an h x w crop)."""
+    after the OMG) and `roi(h, w)` (image_crop, mask_crop, roi_offset -> detections: the fine
+    part on an h x w crop)."""
 
     def __init__(self, model: ov.Model, input_hw: tuple[int, int]):
         self.input_hw = tuple(input_hw)
