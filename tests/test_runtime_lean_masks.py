@@ -9,7 +9,6 @@ import pytest
 from babo_edge.export import quantize
 from babo_edge.runtime.detector import Detector
 from babo_edge.runtime.lean_masks import drop_pointwise_masks
-from babo_edge.ir_metadata import MASK
 from babo_edge.runtime.sparse import IMAGE_CROP, MASK_CROP, OFFSET_INPUT, ROI_STRIDE, SparsePlan, crop_of
 from babo_edge.runtime.sparsity import instrument
 from babo_edge.export import parity
@@ -103,7 +102,7 @@ def test_lean_crop_models_give_the_crop_models_detections(xml, calib_images):
             continue
         if (h, w) not in crops:
             lean = plan.roi((h, w))
-            assert drop_pointwise_masks(lean, (MASK, MASK_CROP)) > drop_pointwise_masks(plan.roi((h, w)), (MASK,))
+            assert drop_pointwise_masks(lean, (MASK_CROP,)) > 0  # the crop's masks (a crop model has no other)
             crops[h, w] = [core.compile_model(m, "CPU", FP32) for m in (plan.roi((h, w)), lean)]
         for image in calib_images[:2]:
             feed = {IMAGE_CROP: image[..., y0:y0 + h, x0:x0 + w], MASK_CROP: mask[..., y0:y0 + h, x0:x0 + w],
