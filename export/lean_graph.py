@@ -75,8 +75,8 @@ def lean_downscales(model: ov.Model) -> int:
     rewritten = 0
     for resize in [op for op in model.get_ordered_ops() if op.get_type_name() == "Interpolate"]:
         shape, out_shape = resize.get_input_partial_shape(0), resize.get_output_partial_shape(0)
-        if not (_is_bilinear_half_pixel(resize) and shape.rank.get_length() == 4 and shape[1].is_static
-                and all(shape[i].is_static and out_shape[i].is_static for i in (2, 3))):
+        if not (_is_bilinear_half_pixel(resize) and shape.rank.is_static and shape.rank.get_length() == 4
+                and shape[1].is_static and all(shape[i].is_static and out_shape[i].is_static for i in (2, 3))):
             continue
         sizes = [(shape[i].get_length(), out_shape[i].get_length()) for i in (2, 3)]
         kernels = [_block_weights(in_size, out_size) for in_size, out_size in sizes]

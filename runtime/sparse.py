@@ -177,36 +177,34 @@ class SparsePlan:
         on_grid: set[int] = set()  # mask maps at a pyramid level <= the cells' (the crop computes them)
         image, mask = self.detector.get_parameters()
         for i, op in enumerate(self._ops):
-            inputs = [kinds[index[value.get_node().get_instance_id()]] for value in op.input_values()]
+            producers = [index[value.get_node().get_instance_id()] for value in op.input_values()]
+            inputs = [kinds[p] for p in producers]
+            level = self._level(op, levels)
             if op.get_type_name() == "Constant":
                 kind = "constant"
             elif op.get_instance_id() == image.get_instance_id():
                 kind, level_of[i] = "fine", 0
             elif op.get_instance_id() == mask.get_instance_id() or (inputs and set(inputs) <= {"constant", "mask"}):
                 kind = "mask"
-            elif (i not in demoted and "coarse" not in inputs and self._is_local(op)
-                  and self._level(op, levels) is not None):
-                kind, level_of[i] = "fine", self._level(op, levels)
+            elif i not in demoted and "coarse" not in inputs and self._is_local(op) and level is not None:
+                kind, level_of[i] = "fine", level
             else:
                 kind = "coarse"
             kinds.append(kind)
-            producers = [index[value.get_node().get_instance_id()] for value in op.input_values()]
-            if kind == "mask" and self._level(op, levels) is not None and (
+            if kind == "mask" and level is not None and (
                     op.get_instance_id() == mask.get_instance_id()
                     or (self._is_local(op) and all(p in on_grid or kinds[p] == "constant" for p in producers))):
                 on_grid.add(i)
-                level_of[i] = self._level(op, levels)
+                level_of[i] = level
                 continue
-            if kind == "mask" or kind == "coarse":
-                for port, (value, producer) in enumerate(zip(op.input_values(), producers)):
-                    if producer in on_grid:
-                        level = -1 if op.get_type_name() == "ShapeOf" else level_of[producer]
-                        cuts.append(_Cut(producer, value.get_index(), i, port, level))
-            if kind != "coarse":
+            if kind not in ("mask", "coarse"):
                 continue
-            for port, value in enumerate(op.input_values()):
-                producer = index[value.get_node().get_instance_id()]
-                if kinds[producer] != "fine":
+            for port, (value, producer) in enumerate(zip(op.input_values(), producers)):
+                if producer in on_grid:
+                    cuts.append(_Cut(producer, value.get_index(), i, port,
+                                     -1 if op.get_type_name() == "ShapeOf" else level_of[producer]))
+                    continue
+                if kind != "coarse" or kinds[producer] != "fine":
                     continue
                 if op.get_type_name() == "ShapeOf":  # of a static map: becomes a constant
                     cuts.append(_Cut(producer, value.get_index(), i, port, -1))
